@@ -1,0 +1,1 @@
+"""Hierarchical clustering of mask predictions into per-class binary trees."""

@@ -1,0 +1,1 @@
+"""Detection: PointRend + mask-IoU head, mask-attention features (to come)."""

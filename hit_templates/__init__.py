@@ -1,0 +1,1 @@
+"""HIT pages (Jinja2 templates) shown to workers."""

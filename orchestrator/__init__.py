@@ -1,0 +1,1 @@
+"""labelprop orchestrator: campaign store, search policy, crowd backends and the CLI."""

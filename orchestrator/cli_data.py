@@ -1,0 +1,166 @@
+"""`labelprop synth` and `labelprop calibrate`: make simulation data, learn K_pr / K_pa."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.errors import LabelpropError, check_unit_interval
+
+SYNTH_HELP = """Write synthetic {features, score, IoU, class} triplets for `simulate` and `calibrate`.
+
+Per class: visual modes (Gaussian blobs) with heavy-tailed sizes, each good, bad or mixed in quality, with sub-modes that clustering can partly separate; scores are a noisy predicted IoU times a class confidence, as from the paper's detector. About half the masks have IoU >= 0.75. Prints summary statistics as JSON. --demo rewrites the bundled demo dataset instead.
+
+Examples:
+
+  labelprop synth data.npz --n 20000
+
+  labelprop synth big.npz --n 200000 --classes 20 --dim 32 --seed 7
+
+  labelprop synth --demo
+"""
+
+CALIBRATE_HELP = """Learn the active-selection thresholds K_pr and K_pa from held-out ground truth (paper Sec. 4.3).
+
+Clusters the triplets (complete linkage per class), measures for every tree node with at least --min-size masks its score S and true quality Q, and chooses K_pa = the largest S-threshold t with P(Q >= K_a | S <= t) <= eps, and K_pr = the largest t with P(Q <= 1-K_a | S <= t) >= 1-eps (capped at K_pa). Prints the thresholds and the binned P_h / P_l curve.
+
+Examples:
+
+  labelprop calibrate heldout.npz
+
+  labelprop calibrate heldout.npz --eps 0.02 --plot fig4.png --csv curve.csv
+
+  labelprop calibrate heldout.npz --write my-campaign/   (sets kpr and kpa in its campaign.toml)
+
+  labelprop calibrate heldout.npz --json
+"""
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item"):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _say(msg: str) -> None:
+    typer.secho(f"labelprop: {msg}", err=True, fg=typer.colors.BRIGHT_BLACK)
+
+
+def synth(
+    out: Optional[Path] = typer.Argument(None, help="Output .npz (written atomically).",
+                                         show_default=False),
+    n: int = typer.Option(20_000, "--n", help="Number of triplets (masks)."),
+    classes: int = typer.Option(5, "--classes", help="Number of classes (Zipf-distributed sizes)."),
+    dim: int = typer.Option(16, "--dim", help="Feature dimension d."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same file)."),
+    kiou: float = typer.Option(0.75, "--kiou", help="IoU threshold used for the reported positive fraction."),
+    demo: bool = typer.Option(False, "--demo", help="Regenerate the bundled demo dataset "
+                              "(n=20000, 5 classes, d=16, seed 2021) at OUT or its package path."),
+) -> None:
+    from orchestrator.synth import DEMO_ARGS, DEMO_PATH, describe, make_triplets, write_demo_triplets
+    from orchestrator.triplets import save_triplets
+
+    check_unit_interval("--kiou", kiou)
+    if demo:
+        path = write_demo_triplets(out if out is not None else DEMO_PATH)
+        from orchestrator.triplets import load_triplets
+        t = load_triplets(path)
+        info = {"file": str(path), **DEMO_ARGS, **describe(t, kiou)}
+    else:
+        if out is None:
+            raise LabelpropError("synth: missing OUT.npz (or pass --demo)")
+        if out.suffix != ".npz":
+            raise LabelpropError(f"{out}: output must end in .npz")
+        if out.is_dir():
+            raise LabelpropError(f"{out}: is a directory")
+        if not out.parent.is_dir() and str(out.parent):
+            raise LabelpropError(f"{out}: directory {out.parent} does not exist")
+        t = make_triplets(n, classes=classes, dim=dim, seed=seed)
+        save_triplets(out, t)
+        info = {"file": str(out), "seed": seed, **describe(t, kiou)}
+    sys.stdout.write(json.dumps(_clean(info), indent=2) + "\n")
+
+
+def _table(cal) -> str:
+    lines = [f"K_pr = {cal.kpr:.4f}   K_pa = {cal.kpa:.4f}   "
+             f"(K_a={cal.ka}, K_iou={cal.kiou}, eps={cal.eps}, nodes with >= {cal.min_size} "
+             f"masks: {cal.nodes_used})",
+             "",
+             "   S range      nodes   P_h=P(Q>=K_a|S)  P_l=P(Q<=1-K_a|S)"]
+    for b in cal.bins:
+        if not b["nodes"]:
+            continue
+        lines.append(f"  {b['s_lo']:.2f}-{b['s_hi']:.2f}   {b['nodes']:7d}   "
+                     f"{b['p_high']:15.3f}  {b['p_low']:17.3f}")
+    return "\n".join(lines)
+
+
+def calibrate(
+    triplets: Path = typer.Argument(..., help="Held-out triplets .npz with ground-truth ious.",
+                                    show_default=False),
+    ka: float = typer.Option(0.85, "--ka", help="K_a: high quality at Q >= K_a, low at Q <= 1-K_a."),
+    kiou: float = typer.Option(0.75, "--kiou", help="K_iou: a mask is correct when IoU >= K_iou."),
+    min_size: int = typer.Option(15, "--min-size", help="Only nodes with at least this many masks "
+                                 "(default N_s: smaller nodes are asked in full, not estimated)."),
+    eps: float = typer.Option(0.01, "--eps", help="Tolerance of '~0' and '~1'."),
+    bins: int = typer.Option(20, "--bins", help="Score bins of the displayed P_h / P_l curve."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write paper Fig. 4 (3 panels) as PNG."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the binned curve as CSV."),
+    write: Optional[Path] = typer.Option(None, "--write", help="Campaign directory whose "
+                                         "campaign.toml gets \\[search] kpr and kpa."),
+    json_flag: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+    score_weight: float = typer.Option(1.0, "--score-weight", help="Weight of the mask score in the clustering."),
+    exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly."),
+    seed: int = typer.Option(0, "--seed", help="Seed of two-level clustering and plot subsampling."),
+) -> None:
+    from clustering.build import ClusterParams, build_forest
+    from orchestrator.calibration import (calibrate_nodes, node_table, plot_calibration,
+                                          write_csv, write_thresholds)
+    from orchestrator.triplets import load_triplets
+
+    check_unit_interval("--ka", ka)
+    check_unit_interval("--kiou", kiou)
+    check_unit_interval("--eps", eps)
+    if min_size < 1:
+        raise LabelpropError(f"--min-size must be >= 1, got {min_size}")
+    if bins < 1:
+        raise LabelpropError(f"--bins must be >= 1, got {bins}")
+    for p in (plot, csv_out):
+        if p is not None and str(p.parent) and not p.parent.is_dir():
+            raise LabelpropError(f"{p}: directory {p.parent} does not exist")
+    t = load_triplets(triplets, require_ious=True)
+    if t.n > 5000:
+        _say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
+    forest = build_forest(t.features, t.scores, t.classes,
+                          ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
+    S, Q, sizes = node_table(forest, t.ious, kiou)
+    cal = calibrate_nodes(S, Q, sizes, ka=ka, kiou=kiou, min_size=min_size, eps=eps, bins=bins)
+    out = {"triplets": str(triplets), **cal.to_dict(), "files": {}}
+    if plot is not None:
+        out["files"]["plot_png"] = str(plot_calibration(plot, cal, t.scores, t.ious, S, Q, sizes,
+                                                        seed=seed))
+    if csv_out is not None:
+        out["files"]["curve_csv"] = str(write_csv(csv_out, cal))
+    if write is not None:
+        out["files"]["campaign_toml"] = str(write_thresholds(write, cal.kpr, cal.kpa))
+    if json_flag:
+        sys.stdout.write(json.dumps(_clean(out), indent=2) + "\n")
+    else:
+        sys.stdout.write(_table(cal) + "\n")
+        for k, v in out["files"].items():
+            sys.stdout.write(f"wrote {v}\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth", help=SYNTH_HELP)(synth)
+    app.command("calibrate", help=CALIBRATE_HELP)(calibrate)

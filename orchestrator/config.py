@@ -1,0 +1,328 @@
+"""The campaign configuration: ``DIR/campaign.toml``, a tree of dataclasses.
+
+``labelprop init DIR`` writes every parameter (with a comment header that documents
+each key, since TOML values written by ``tomli_w`` cannot carry comments), so a
+campaign is readable and diffable.  :func:`load_config` validates types, ranges and
+unknown keys; every error names the file and the ``[section] key``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import os
+import tempfile
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from orchestrator.errors import LabelpropError
+
+__all__ = [
+    "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
+    "QualificationSection", "CrowdSection", "CampaignConfig", "default_config", "load_config",
+    "save_config", "config_path", "resolve_store_url",
+]
+
+CONFIG_NAME = "campaign.toml"
+CROWD_BACKENDS = ("mturk", "simulated", "server")
+
+
+@dataclass
+class CampaignSection:
+    name: str = "campaign"
+    seed: int = 0
+    created: str = ""           # ISO-8601 UTC, set by `labelprop init`
+
+
+@dataclass
+class StoreSection:
+    url: str = "sqlite:///campaign.db"   # relative sqlite paths are relative to the campaign dir
+
+
+@dataclass
+class SearchSection:
+    strategy: str = "heuristic"
+    ns: int = 15
+    ka: float = 0.85
+    kiou: float = 0.75
+    kpa: float = 0.7
+    kpr: float = 0.0
+    chunk: int = 0              # 0: ask all N_s at once; K > 0: sequential, K at a time
+    budget_questions: int = 0   # 0: no budget
+    class_quotas: dict[str, int] = field(default_factory=dict)  # category name or id -> masks
+
+
+@dataclass
+class ClusteringSection:
+    score_weight: float = 1.0
+    exact_limit: int = 40_000
+
+
+@dataclass
+class QualificationSection:
+    enabled: bool = True
+    questions: int = 10
+    pass_fraction: float = 0.8
+    test_duration_seconds: int = 600
+    retry_delay_seconds: int = 86_400
+    min_percent_approved: int = 95     # built-in PercentAssignmentsApproved (0: off)
+    min_hits_approved: int = 100       # built-in NumberHITsApproved (0: off)
+    locales: list[str] = field(default_factory=list)  # e.g. ["US", "GB"]; empty: any
+    gold_min_accuracy: float = 0.8     # soft-block workers below this gold accuracy
+    min_seconds_per_question: float = 0.3  # flag HITs answered faster than this
+
+
+@dataclass
+class CrowdSection:
+    backend: str = "simulated"
+    endpoint_url: str = ""      # empty: the platform's default (production or sandbox)
+    sandbox: bool = True
+    reward_usd: float = 0.15    # per HIT (assignment)
+    questions_per_hit: int = 50
+    gold_per_hit: int = 5
+    assignments_per_hit: int = 1
+    max_hits_in_flight: int = 20
+    budget_usd: float = 0.0     # 0: no budget
+    title: str = "Is this object outlined correctly? (yes/no, keyboard y/n)"
+    description: str = ("Look at each highlighted object and answer whether the outline "
+                         "covers it accurately.")
+    keywords: str = "image, segmentation, yes/no, quick"
+    lifetime_seconds: int = 3 * 86_400
+    assignment_duration_seconds: int = 3_600
+    auto_approval_delay_seconds: int = 3 * 86_400
+    qualification: QualificationSection = field(default_factory=QualificationSection)
+
+
+@dataclass
+class CampaignConfig:
+    campaign: CampaignSection = field(default_factory=CampaignSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    clustering: ClusteringSection = field(default_factory=ClusteringSection)
+    crowd: CrowdSection = field(default_factory=CrowdSection)
+
+
+_HEADER = """\
+# labelprop campaign configuration (written by `labelprop init`; edit freely).
+#
+# [campaign]   name; seed (every random draw derives from it); created (UTC).
+# [store]      url: SQLAlchemy URL of the campaign store. sqlite paths are relative to
+#              this directory; e.g. postgresql+psycopg://user@host/db for many pollers.
+# [search]     strategy: heuristic | bfs | dfs | dfs-heuristic | universal-threshold |
+#              naive | lsun.  ns: questions per cluster (N_s).  ka: accept a cluster
+#              at Q >= ka, reject at Q <= 1-ka, else split (K_a).  kiou: IoU at which a
+#              mask counts as correct (K_iou).  kpa: auto-split clusters with mean
+#              score S <= kpa (K_pa).  kpr: auto-reject at S <= kpr (K_pr).  chunk: 0 asks
+#              all ns at once, K > 0 asks K at a time (sequential sampling).
+#              budget_questions: stop after this many questions (0: no limit).
+#              [search.class_quotas]: category name (or id) = number of masks wanted.
+# [clustering] score_weight: weight of the mask score next to the features (1.0: as
+#              much as all feature dimensions together).  exact_limit: classes larger
+#              than this are clustered in two levels.
+# [crowd]      backend: mturk | server | simulated.  endpoint_url: empty for the
+#              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
+#              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
+#              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
+#              (0: no limit; MTurk fees are added to the reward).  title, description,
+#              keywords: what workers see.  lifetime / assignment duration /
+#              auto-approval delay in seconds.
+# [crowd.qualification]  a test with an answer key before the first HIT (enabled,
+#              questions, pass_fraction, test_duration_seconds, retry_delay_seconds),
+#              built-in requirements (min_percent_approved, min_hits_approved, locales;
+#              0 or empty: off), gold_min_accuracy (soft-block below), and
+#              min_seconds_per_question (flag faster HITs).
+"""
+
+
+def config_path(campaign_dir: str | os.PathLike) -> Path:
+    return Path(campaign_dir) / CONFIG_NAME
+
+
+def default_config(name: str = "campaign", seed: int = 0) -> CampaignConfig:
+    cfg = CampaignConfig()
+    cfg.campaign.name = name
+    cfg.campaign.seed = seed
+    cfg.campaign.created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return cfg
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+def _to_dict(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = _to_dict(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp))
+
+
+def _from_dict(cls, data: dict, where: str, file: Path):
+    if not isinstance(data, dict):
+        raise LabelpropError(f"{file}: {where} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise LabelpropError(f"{file}: unknown key {where}{'.' if where else ''}{unknown[0]}"
+                             f" (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        v = data[f.name]
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _from_dict(tp, v, key, file)
+            continue
+        origin = typing.get_origin(tp)
+        if origin is dict:
+            if not isinstance(v, dict) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v.values()):
+                raise LabelpropError(f"{file}: {key} must be a table of non-negative integers")
+            kwargs[f.name] = {str(k): int(x) for k, x in v.items()}
+            continue
+        if origin is list:
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise LabelpropError(f"{file}: {key} must be a list of strings")
+            kwargs[f.name] = list(v)
+            continue
+        ok = (isinstance(v, bool) if tp is bool
+              else isinstance(v, (int, float)) and not isinstance(v, bool) if tp is float
+              else isinstance(v, int) and not isinstance(v, bool) if tp is int
+              else isinstance(v, str))
+        if not ok:
+            raise LabelpropError(f"{file}: {key} must be {_type_name(tp)}, got {v!r}")
+        if tp is float:
+            v = float(v)
+            if not math.isfinite(v):
+                raise LabelpropError(f"{file}: {key} must be finite, got {v!r}")
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> CampaignConfig:
+    """Range checks; raises a one-line :class:`LabelpropError` naming ``file`` and the key."""
+    from orchestrator.search import STRATEGIES
+
+    def bad(key: str, msg: str):
+        raise LabelpropError(f"{file}: {key} {msg}")
+
+    s = cfg.search
+    for k in ("ka", "kiou", "kpa", "kpr"):
+        v = getattr(s, k)
+        if not 0.0 <= v <= 1.0:
+            bad(f"search.{k}", f"must be in [0, 1], got {v!r}")
+    if s.kpr > s.kpa:
+        bad("search.kpr", f"({s.kpr}) must not exceed search.kpa ({s.kpa})")
+    if s.strategy not in STRATEGIES:
+        bad("search.strategy", f"must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
+    if s.ns < 1:
+        bad("search.ns", f"must be at least 1, got {s.ns}")
+    for k in ("chunk", "budget_questions"):
+        if getattr(s, k) < 0:
+            bad(f"search.{k}", f"must be 0 (off) or positive, got {getattr(s, k)}")
+    c = cfg.clustering
+    if c.score_weight < 0:
+        bad("clustering.score_weight", f"must be >= 0, got {c.score_weight}")
+    if c.exact_limit < 2:
+        bad("clustering.exact_limit", f"must be at least 2, got {c.exact_limit}")
+    if not cfg.store.url.strip():
+        bad("store.url", "must not be empty")
+    w = cfg.crowd
+    if w.backend not in CROWD_BACKENDS:
+        bad("crowd.backend", f"must be one of {', '.join(CROWD_BACKENDS)}, got {w.backend!r}")
+    for k in ("reward_usd", "budget_usd"):
+        if getattr(w, k) < 0:
+            bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
+    for k in ("questions_per_hit", "assignments_per_hit", "max_hits_in_flight",
+              "lifetime_seconds", "assignment_duration_seconds"):
+        if getattr(w, k) < 1:
+            bad(f"crowd.{k}", f"must be at least 1, got {getattr(w, k)}")
+    for k in ("gold_per_hit", "auto_approval_delay_seconds"):
+        if getattr(w, k) < 0:
+            bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
+    if w.gold_per_hit >= w.questions_per_hit:
+        bad("crowd.gold_per_hit", f"({w.gold_per_hit}) must be below crowd.questions_per_hit"
+            f" ({w.questions_per_hit})")
+    q = w.qualification
+    for k in ("pass_fraction", "gold_min_accuracy"):
+        if not 0.0 <= getattr(q, k) <= 1.0:
+            bad(f"crowd.qualification.{k}", f"must be in [0, 1], got {getattr(q, k)!r}")
+    if not 0 <= q.min_percent_approved <= 100:
+        bad("crowd.qualification.min_percent_approved",
+            f"must be in [0, 100], got {q.min_percent_approved}")
+    for k in ("questions", "test_duration_seconds", "retry_delay_seconds", "min_hits_approved"):
+        if getattr(q, k) < 0:
+            bad(f"crowd.qualification.{k}", f"must be >= 0, got {getattr(q, k)}")
+    if q.min_seconds_per_question < 0:
+        bad("crowd.qualification.min_seconds_per_question",
+            f"must be >= 0, got {q.min_seconds_per_question}")
+    return cfg
+
+
+def config_from_dict(data: dict, file: Path | str = CONFIG_NAME) -> CampaignConfig:
+    return validate_config(_from_dict(CampaignConfig, data, "", Path(file)), file)
+
+
+def dumps_config(cfg: CampaignConfig) -> str:
+    return _HEADER + "\n" + tomli_w.dumps(_to_dict(cfg))
+
+
+# --------------------------------------------------------------------------- files
+def load_config(campaign_dir: str | os.PathLike) -> CampaignConfig:
+    """Read and validate ``DIR/campaign.toml``."""
+    path = config_path(campaign_dir)
+    if not Path(campaign_dir).is_dir():
+        raise LabelpropError(f"{campaign_dir}: no such campaign directory (run `labelprop init`)")
+    if not path.is_file():
+        raise LabelpropError(f"{path}: not found; is {campaign_dir} a campaign? (run `labelprop init`)")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise LabelpropError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(data, path)
+
+
+def save_config(campaign_dir: str | os.PathLike, cfg: CampaignConfig) -> Path:
+    """Validate and write ``DIR/campaign.toml`` atomically (temp file + ``os.replace``)."""
+    path = config_path(campaign_dir)
+    validate_config(cfg, path)
+    atomic_write_text(path, dumps_config(cfg))
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resolve_store_url(campaign_dir: str | os.PathLike, url: str) -> str:
+    """Make a relative ``sqlite:///file.db`` URL relative to the campaign directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        rest = url[len(prefix):]
+        db, sep, query = rest.partition("?")
+        if db and db != ":memory:" and not os.path.isabs(db):
+            db = str((Path(campaign_dir) / db).resolve())
+            return prefix + db + sep + query
+    return url

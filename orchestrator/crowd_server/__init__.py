@@ -1,0 +1,23 @@
+"""The bundled MTurk-compatible crowd server (`labelprop crowd-server`).
+
+MTurk closed on 2026-09-30; this package speaks the subset of the MTurk Requester
+API (2017-01-17, JSON 1.1, SigV4) that labelprop uses, so the boto3 ``mturk``
+client works against it unchanged through ``endpoint_url``, and it serves the
+worker side in a browser.
+
+Modules, by what they hold:
+
+- ``api``               the Requester API operations (CreateHIT, ListAssignmentsForHIT, ...)
+- ``sigv4``             SigV4 request verification
+- ``credentials``       the requester key pair and AWS-format credential/config files
+- ``models``            the SQL tables (sqlmodel)
+- ``store``             data directory, database engine, transactions, clock-driven transitions
+- ``ids``               MTurk-style identifiers
+- ``xml_formats``       Question XML parsing, QuestionFormAnswers writing, AnswerKey scoring
+- ``qualification_checks`` evaluation of QualificationRequirements for a worker
+- ``http_server``       the HTTP server: routing, request logs, health, graceful shutdown
+- ``worker_web``        the worker web pages (sign-in, HIT groups, preview/accept/submit, tests)
+- ``simulated_workers`` programmatic workers driving the worker-side HTTP endpoints
+- ``testing``           start a server subprocess on a free port (for tests and the campaign loop)
+- ``cli``               the ``labelprop crowd-server`` command group
+"""

@@ -1,0 +1,131 @@
+"""QualificationRequirements evaluated for one worker (ActionsGuarded: discover / preview / accept)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from .models import Assignment, Qualification, QualificationType, Worker
+
+PERCENT_APPROVED = "000000000000000000L0"
+NUMBER_APPROVED = "00000000000000000040"
+LOCALE = "00000000000000000071"
+ADULT = "00000000000000000060"
+MASTERS = {"2F1QJWKUDD8XADTFD2Q0G6UTO95ALH", "2ARFPLSP75KLA8M8DH1HTEQVJT3SY6"}
+BUILTIN = {PERCENT_APPROVED, NUMBER_APPROVED, LOCALE, ADULT} | MASTERS
+COMPARATORS = {"LessThan", "LessThanOrEqualTo", "GreaterThan", "GreaterThanOrEqualTo", "EqualTo",
+               "NotEqualTo", "Exists", "DoesNotExist", "In", "NotIn"}
+
+
+@dataclass
+class Access:
+    discover: bool = True
+    preview: bool = True
+    accept: bool = True
+    unmet: list[dict] = field(default_factory=list)
+
+
+def validate_requirements(reqs: list[dict], known_type) -> None:
+    """Raise ValueError for requirements MTurk would refuse. ``known_type(id)`` says if a custom type exists."""
+    if len(reqs) > 10:
+        raise ValueError("A HIT can have between zero and ten QualificationRequirements")
+    for r in reqs:
+        tid, comp = r.get("QualificationTypeId", ""), r.get("Comparator", "")
+        if comp not in COMPARATORS:
+            raise ValueError(f"Comparator {comp!r} is not valid")
+        if tid not in BUILTIN and not known_type(tid):
+            raise ValueError(f"QualificationType {tid} does not exist")
+        ints, locs = r.get("IntegerValues") or [], r.get("LocaleValues") or []
+        if comp in ("Exists", "DoesNotExist"):
+            if ints or locs:
+                raise ValueError(f"Comparator {comp} takes no IntegerValues or LocaleValues")
+        elif comp in ("In", "NotIn"):
+            if not (ints or locs):
+                raise ValueError(f"Comparator {comp} needs IntegerValues or LocaleValues")
+        elif len(ints) + len(locs) != 1:
+            raise ValueError(f"Comparator {comp} needs exactly one IntegerValue or LocaleValue")
+        if locs and tid != LOCALE:
+            raise ValueError("LocaleValues can only be used with the Worker_Locale qualification")
+
+
+def worker_values(s: Session, worker: Worker) -> dict[str, object]:
+    """Qualification values the worker holds: custom (Granted) plus the built-in system ones."""
+    vals: dict[str, object] = {}
+    for q in s.exec(select(Qualification).where(Qualification.worker_id == worker.worker_id,
+                                                Qualification.status == "Granted")).all():
+        vals[q.qualification_type_id] = q.integer_value
+    counts = dict(s.exec(select(Assignment.status, func.count()).where(
+        Assignment.worker_id == worker.worker_id,
+        Assignment.status.in_(["Approved", "Rejected"])).group_by(Assignment.status)).all())
+    approved, rejected = counts.get("Approved", 0), counts.get("Rejected", 0)
+    vals[NUMBER_APPROVED] = approved
+    vals[PERCENT_APPROVED] = 100 if approved + rejected == 0 else round(100 * approved / (approved + rejected))
+    vals[LOCALE] = (worker.locale_country, worker.locale_subdivision)
+    vals[ADULT] = 1
+    return vals
+
+
+def _auto_granted(s: Session, tid: str) -> int | None:
+    qt = s.get(QualificationType, tid)
+    if qt is not None and qt.auto_granted and qt.status == "Active":
+        return qt.auto_granted_value if qt.auto_granted_value is not None else 1
+    return None
+
+
+def _locale_match(have: tuple[str, str | None], want: dict) -> bool:
+    country, sub = have
+    if want.get("Country", "").upper() != country:
+        return False
+    return not want.get("Subdivision") or want["Subdivision"].upper() == (sub or "")
+
+
+def satisfied(req: dict, value: object) -> bool:
+    comp = req["Comparator"]
+    if comp == "Exists":
+        return value is not None
+    if comp == "DoesNotExist":
+        return value is None
+    if value is None:
+        return False
+    ints, locs = req.get("IntegerValues") or [], req.get("LocaleValues") or []
+    if isinstance(value, tuple):  # locale
+        hits = [_locale_match(value, w) for w in locs]
+        if comp in ("EqualTo", "In"):
+            return any(hits)
+        if comp in ("NotEqualTo", "NotIn"):
+            return not any(hits)
+        return False
+    v = int(value)  # type: ignore[arg-type]
+    if comp == "In":
+        return v in ints
+    if comp == "NotIn":
+        return v not in ints
+    x = ints[0] if ints else 0
+    return {"LessThan": v < x, "LessThanOrEqualTo": v <= x, "GreaterThan": v > x,
+            "GreaterThanOrEqualTo": v >= x, "EqualTo": v == x, "NotEqualTo": v != x}[comp]
+
+
+def access_for(s: Session, worker: Worker, requirements_json: str,
+               values: dict[str, object] | None = None) -> Access:
+    reqs = json.loads(requirements_json or "[]")
+    acc = Access()
+    if not reqs:
+        return acc
+    values = worker_values(s, worker) if values is None else values
+    for r in reqs:
+        tid = r["QualificationTypeId"]
+        value = values.get(tid)
+        if value is None and tid not in BUILTIN:
+            value = _auto_granted(s, tid)
+        if satisfied(r, value):
+            continue
+        guarded = r.get("ActionsGuarded") or ("PreviewAndAccept" if r.get("RequiredToPreview") else "Accept")
+        acc.accept = False
+        if guarded in ("PreviewAndAccept", "DiscoverPreviewAndAccept"):
+            acc.preview = False
+        if guarded == "DiscoverPreviewAndAccept":
+            acc.discover = False
+        acc.unmet.append(r)
+    return acc

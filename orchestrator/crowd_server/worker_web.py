@@ -1,0 +1,282 @@
+"""The worker web: sign-in links, HIT groups, preview / accept / work / submit, qualification tests.
+
+Every page answers HTML to browsers and JSON to programmatic clients (``Accept:
+application/json``, used by the simulated workers), through the same URLs.
+
+A HIT's question runs in a sandboxed iframe, as on MTurk: HTMLQuestion content is
+served from ``/task/<HITId>`` with the MTurk query parameters ``assignmentId``,
+``hitId``, ``turkSubmitTo`` and ``workerId`` (``ASSIGNMENT_ID_NOT_AVAILABLE`` in
+preview); ExternalQuestion URLs get the same parameters; QuestionForm is
+rendered to an HTML form.  The submission is the classic form post to
+``<turkSubmitTo>/mturk/externalSubmit``.  The only change made to HTMLContent is
+pointing MTurk's public script and submit URLs at this server, so tasks work
+offline: ``https://assets.crowd.aws/crowd-html-elements.js`` ->
+``/static/crowd-html-elements.js``, ``.../mturk-public/externalHIT_v1.js`` ->
+``/static/externalHIT_v1.js``, ``https://www.mturk.com/mturk/externalSubmit`` ->
+``/mturk/externalSubmit``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from importlib import resources
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from .worker_actions import WorkerActions, WorkerError
+from .xml_formats import ASSIGNMENT_ID_NOT_AVAILABLE, parse_question
+
+COOKIE = "lp_worker"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".png": "image/png", ".svg": "image/svg+xml"}
+REWRITES = [
+    (re.compile(r"https?://assets\.crowd\.aws/crowd-html-elements\.js"), "/static/crowd-html-elements.js"),
+    (re.compile(r"https?://s3\.amazonaws\.com/mturk-public/externalHIT_v1\.js"), "/static/externalHIT_v1.js"),
+    (re.compile(r"https?://(www|workersandbox)\.mturk\.com/mturk/externalSubmit"), "/mturk/externalSubmit"),
+]
+SANDBOX = "allow-scripts allow-forms allow-popups allow-modals allow-top-navigation"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list = field(default_factory=list)
+    body: bytes = b""
+
+
+def _html(status: int, text: str, extra: list | None = None) -> Response:
+    return Response(status, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")]
+                    + (extra or []), text.encode("utf-8"))
+
+
+def _json(status: int, data) -> Response:
+    return Response(status, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+                    json.dumps(data).encode("utf-8"))
+
+
+def _redirect(location: str, extra: list | None = None) -> Response:
+    return Response(303, [("Location", location), ("Content-Type", "text/plain")] + (extra or []),
+                    f"See {location}\n".encode())
+
+
+def rewrite_html_content(html: str) -> str:
+    for pattern, repl in REWRITES:
+        html = pattern.sub(repl, html)
+    return html
+
+
+def task_src(question_kind: str, external_url: str, hit_id: str, assignment_id: str, origin: str,
+             worker_id: str | None) -> str:
+    params = {"assignmentId": assignment_id, "hitId": hit_id, "turkSubmitTo": origin}
+    if worker_id and assignment_id != ASSIGNMENT_ID_NOT_AVAILABLE:
+        params["workerId"] = worker_id
+    if question_kind == "ExternalQuestion":
+        sep = "&" if "?" in external_url else "?"
+        return external_url + sep + urlencode(params)
+    return f"/task/{quote(hit_id)}?" + urlencode(params)
+
+
+class WorkerWeb:
+    def __init__(self, actions: WorkerActions):
+        self.actions = actions
+        self.env = Environment(loader=PackageLoader("orchestrator.crowd_server", "templates"),
+                               autoescape=select_autoescape(["html"]))
+        self.env.filters["money"] = lambda v: f"${v}"
+
+    # ------------------------------------------------------------ plumbing
+
+    def render(self, name: str, **ctx) -> str:
+        return self.env.get_template(name).render(**ctx)
+
+    def handle(self, method: str, raw_path: str, headers, body: bytes, log: dict) -> Response:
+        split = urlsplit(raw_path)
+        path, query = split.path, dict(parse_qsl(split.query))
+        wants_json = "application/json" in (headers.get("Accept") or "") or query.get("format") == "json"
+        origin = f"http://{headers.get('Host') or 'localhost'}"
+        try:
+            if path.startswith("/static/"):
+                return self.static(path[len("/static/"):])
+            if path.startswith("/signin/"):
+                return self.signin(path[len("/signin/"):], wants_json)
+            if path == "/signout":
+                return _redirect("/", [("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")])
+            if path == "/favicon.ico":
+                return Response(204, [], b"")
+            fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if method == "POST" else []
+            if method == "POST" and path == "/mturk/externalSubmit":
+                return self.external_submit(fields, query, headers, wants_json, log)
+            worker = self.actions.authenticate(self._token(headers))
+            log["worker"] = worker.worker_id
+            return self.route(method, path, query, fields, worker, wants_json, origin)
+        except WorkerError as exc:
+            if wants_json:
+                return _json(exc.status, {"error": exc.message, "status": exc.status})
+            return _html(exc.status, self.render("message.html", title="Not possible", message=exc.message,
+                                                 signed_in=exc.status not in (401,)))
+
+    @staticmethod
+    def _token(headers) -> str | None:
+        auth = headers.get("Authorization") or ""
+        if auth.startswith("Bearer "):
+            return auth[7:].strip()
+        raw = headers.get("Cookie")
+        if not raw:
+            return None
+        c = SimpleCookie()
+        try:
+            c.load(raw)
+        except Exception:
+            return None
+        return c[COOKIE].value if COOKIE in c else None
+
+    def static(self, name: str) -> Response:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+            return Response(404, [("Content-Type", "text/plain")], b"not found\n")
+        try:
+            data = resources.files("orchestrator.crowd_server").joinpath("static", name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return Response(404, [("Content-Type", "text/plain")], b"not found\n")
+        ext = name[name.rfind("."):]
+        return Response(200, [("Content-Type", STATIC_TYPES.get(ext, "application/octet-stream")),
+                              ("Cache-Control", "max-age=300")], data)
+
+    def signin(self, token: str, wants_json: bool) -> Response:
+        w = self.actions.authenticate(token)
+        cookie = f"{COOKIE}={token}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+        if wants_json:
+            r = _json(200, {"workerId": w.worker_id, "name": w.name})
+            r.headers.append(("Set-Cookie", cookie))
+            return r
+        return _redirect("/", [("Set-Cookie", cookie)])
+
+    # ------------------------------------------------------------ routes
+
+    def route(self, method, path, query, fields, w, wants_json, origin) -> Response:
+        parts = [p for p in path.split("/") if p]
+        if method in ("GET", "HEAD"):
+            if not parts:
+                return self.dashboard(w, wants_json, query)
+            if parts[0] == "groups" and len(parts) == 2:
+                return self.preview(w, wants_json, origin, hit_type_id=parts[1])
+            if parts[0] == "hits" and len(parts) == 2:
+                return self.preview(w, wants_json, origin, hit_id=parts[1])
+            if parts[0] == "assignments" and len(parts) == 2:
+                return self.work_page(w, parts[1], wants_json, origin)
+            if parts[0] == "task" and len(parts) == 2:
+                return self.task_content(w, parts[1], query)
+            if parts == ["work"]:
+                data = self.actions.work(w)
+                return _json(200, data) if wants_json else _html(200, self.render("work.html", w=w, **data))
+            if parts == ["qualifications"]:
+                quals = self.actions.qualifications(w)
+                return _json(200, {"qualifications": quals}) if wants_json else _html(
+                    200, self.render("qualifications.html", w=w, quals=quals))
+            if parts[0] == "qualifications" and len(parts) == 3 and parts[2] == "test":
+                return self.test_page(w, parts[1], wants_json)
+        if method == "POST":
+            if parts[0:1] == ["groups"] and len(parts) == 3 and parts[2] == "accept":
+                return self.accepted(self.actions.accept(w, hit_type_id=parts[1]), w, wants_json, origin)
+            if parts[0:1] == ["hits"] and len(parts) == 3 and parts[2] == "accept":
+                return self.accepted(self.actions.accept(w, hit_id=parts[1]), w, wants_json, origin)
+            if parts[0:1] == ["assignments"] and len(parts) == 3 and parts[2] == "return":
+                self.actions.return_assignment(w, parts[1])
+                return _json(200, {"status": "Returned"}) if wants_json else _redirect("/")
+            if parts[0:1] == ["qualifications"] and len(parts) == 3 and parts[2] == "request":
+                qt, att = self.actions.start_test(w, parts[1])
+                if att is None:
+                    return _json(200, {"status": "granted"}) if wants_json else _redirect("/qualifications")
+                return self.test_page(w, parts[1], wants_json)
+            if parts[0:1] == ["qualifications"] and len(parts) == 3 and parts[2] == "test":
+                result = self.actions.submit_test(w, parts[1], fields)
+                return _json(200, result) if wants_json else _html(
+                    200, self.render("message.html", title="Qualification test", message=result["message"],
+                                     signed_in=True, back="/qualifications"))
+        raise WorkerError(404, "There is no such page.")
+
+    def dashboard(self, w, wants_json, query) -> Response:
+        groups = self.actions.groups(w)
+        work = self.actions.work(w)
+        if wants_json:
+            return _json(200, {"workerId": w.worker_id, "name": w.name,
+                               "groups": [g.as_json() for g in groups], "messages": work["messages"]})
+        return _html(200, self.render("dashboard.html", w=w, groups=groups, messages=work["messages"][:5],
+                                      submitted=query.get("submitted")))
+
+    def _question_payload(self, h, ht, assignment_id: str, w, origin: str) -> dict:
+        q = parse_question(h.question)
+        return {"hitId": h.hit_id, "hitTypeId": h.hit_type_id, "title": ht.title, "description": ht.description,
+                "reward": f"{ht.reward_cents // 100}.{ht.reward_cents % 100:02d}", "questionKind": q.kind,
+                "question": h.question, "assignmentId": assignment_id,
+                "taskUrl": task_src(q.kind, q.external_url, h.hit_id, assignment_id, origin, w.worker_id),
+                "frameHeight": q.frame_height}
+
+    def preview(self, w, wants_json, origin, hit_type_id=None, hit_id=None) -> Response:
+        h, ht = self.actions.preview(w, hit_type_id=hit_type_id, hit_id=hit_id)
+        payload = self._question_payload(h, ht, ASSIGNMENT_ID_NOT_AVAILABLE, w, origin)
+        if wants_json:
+            return _json(200, payload)
+        return _html(200, self.render("task.html", w=w, mode="preview", p=payload, sandbox=SANDBOX,
+                                      duration=ht.assignment_duration))
+
+    def accepted(self, a, w, wants_json, origin) -> Response:
+        if not wants_json:
+            return _redirect(f"/assignments/{a.assignment_id}")
+        a2, h, ht = self.actions.assignment(w, a.assignment_id)
+        payload = self._question_payload(h, ht, a.assignment_id, w, origin)
+        payload["deadline"] = a.deadline
+        payload["submitUrl"] = f"{origin}/mturk/externalSubmit"
+        return _json(200, payload)
+
+    def work_page(self, w, assignment_id, wants_json, origin) -> Response:
+        a, h, ht = self.actions.assignment(w, assignment_id)
+        payload = self._question_payload(h, ht, a.assignment_id, w, origin)
+        payload.update(status=a.status, deadline=a.deadline)
+        if wants_json:
+            return _json(200, payload)
+        if a.status != "Accepted":
+            return _html(200, self.render("message.html", title=ht.title, signed_in=True,
+                                          message=f"This assignment is {a.status}.", back="/work"))
+        return _html(200, self.render("task.html", w=w, mode="work", p=payload, sandbox=SANDBOX,
+                                      deadline=a.deadline, duration=ht.assignment_duration))
+
+    def task_content(self, w, hit_id, query) -> Response:
+        assignment_id = query.get("assignmentId", ASSIGNMENT_ID_NOT_AVAILABLE)
+        if assignment_id != ASSIGNMENT_ID_NOT_AVAILABLE:
+            a, h, ht = self.actions.assignment(w, assignment_id)
+            if a.hit_id != hit_id:
+                raise WorkerError(404, "This assignment belongs to another HIT.")
+        else:
+            h, ht = self.actions.preview(w, hit_id=hit_id)
+        q = parse_question(h.question)
+        if q.kind == "HTMLQuestion":
+            return _html(200, rewrite_html_content(q.html))
+        if q.kind == "QuestionForm":
+            return _html(200, self.render("questionform.html", form=q.form, assignment_id=assignment_id,
+                                          preview=assignment_id == ASSIGNMENT_ID_NOT_AVAILABLE,
+                                          action=query.get("turkSubmitTo", "") + "/mturk/externalSubmit"))
+        raise WorkerError(404, "ExternalQuestion content is served by its own site.")
+
+    def external_submit(self, fields, query, headers, wants_json, log) -> Response:
+        assignment_id = dict(fields).get("assignmentId") or query.get("assignmentId") or ""
+        if not assignment_id or assignment_id == ASSIGNMENT_ID_NOT_AVAILABLE:
+            raise WorkerError(400, "You must ACCEPT the HIT before you can submit the results.")
+        token = self._token(headers)
+        w = self.actions.authenticate(token) if token else None
+        a = self.actions.submit(assignment_id, fields, w)
+        log["worker"] = a.worker_id
+        if wants_json:
+            return _json(200, {"status": "Submitted", "assignmentId": a.assignment_id, "hitId": a.hit_id})
+        return _html(200, self.render("submitted.html", assignment_id=a.assignment_id))
+
+    def test_page(self, w, qtid, wants_json) -> Response:
+        qt, att = self.actions.start_test(w, qtid)
+        if att is None:
+            return _json(200, {"status": "granted"}) if wants_json else _redirect("/qualifications")
+        if wants_json:
+            return _json(200, {"qualificationTypeId": qtid, "name": qt.name, "test": qt.test,
+                               "started": att.started, "durationSeconds": qt.test_duration})
+        form = self.actions.test_form(qt)
+        return _html(200, self.render("test.html", w=w, qt=qt, form=form, started=att.started))

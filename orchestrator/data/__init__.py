@@ -1,0 +1,1 @@
+"""Bundled data files (the demo triplets; see ``orchestrator.synth.write_demo_triplets``)."""
