@@ -4,8 +4,8 @@ The paper clusters, per class, the "mask attention" feature concatenated with th
 mask score s using agglomerative complete linkage (Sec. 4.2, Fig. 6a).  Features are
 standardised per dimension within the class and scaled so that all feature
 dimensions together have unit variance; the standardised score is appended with
-weight ``score_weight`` (1.0: the score weighs as much as all feature dimensions
-together).
+weight ``score_weight`` (1.0 would weigh the score as much as all feature dimensions
+together; the default :data:`DEFAULT_SCORE_WEIGHT` is 0.25).
 
 Exact complete linkage needs the condensed distance matrix: 8 * n(n-1)/2 bytes, about
 6.4 GB at n = 40,000 (fastcluster keeps a second copy while it works).  A class
@@ -26,14 +26,21 @@ from clustering.tree import Forest
 __all__ = ["ClusterParams", "embed", "class_linkage", "build_forest"]
 
 
+# Weight of the standardised mask score next to the features (whose dimensions together
+# have unit variance).  0.25 was chosen on synthetic data (bench/ and the README): larger
+# weights split trees mainly by score, which makes the score-ordered search dive into
+# small high-score clusters.
+DEFAULT_SCORE_WEIGHT = 0.25
+
+
 @dataclass(frozen=True)
 class ClusterParams:
-    score_weight: float = 1.0
+    score_weight: float = DEFAULT_SCORE_WEIGHT
     exact_limit: int = 40_000
     seed: int = 0
 
 
-def embed(features: np.ndarray, scores: np.ndarray, score_weight: float = 1.0) -> np.ndarray:
+def embed(features: np.ndarray, scores: np.ndarray, score_weight: float = DEFAULT_SCORE_WEIGHT) -> np.ndarray:
     """Standardised features (total variance 1) with the standardised score appended."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:

@@ -51,9 +51,11 @@ class CampaignSearch:
             raise LabelpropError(
                 f"{self.dir / 'campaign.toml'}: [search] strategy {sc.strategy!r} is a simulation baseline; "
                 f"campaigns run a tree search ({', '.join(TREE_STRATEGIES)})")
-        self.params = SearchParams(ns=sc.ns, ka=sc.ka, kiou=sc.kiou, kpa=sc.kpa, kpr=sc.kpr, chunk=sc.chunk,
-                                   strategy=sc.strategy, seed=self.cfg.campaign.seed)
         self.engine = open_store(self.dir, db)
+        with read_session(self.engine) as s:
+            quotas = self._quotas(s, sc.class_quotas)
+        self.params = SearchParams(ns=sc.ns, ka=sc.ka, kiou=sc.kiou, kpa=sc.kpa, kpr=sc.kpr, chunk=sc.chunk,
+                                   strategy=sc.strategy, seed=self.cfg.campaign.seed, quotas=quotas)
         with read_session(self.engine) as s:
             self.forest = load_forest(s, self.dir)
             nodes = load_node_arrays(s, self.forest.n_nodes)
@@ -73,6 +75,25 @@ class CampaignSearch:
             # answers for masks that no node needed yet stay known: restore() took them all
 
     # ------------------------------------------------------------------ helpers
+    def _quotas(self, session, wanted: dict) -> tuple:
+        """[search.class_quotas] (category name or id -> masks) as ((class_id, masks), ...)."""
+        from orchestrator.store import Category
+
+        if not wanted:
+            return ()
+        cats = {c.name: c.id for c in session.execute(select(Category)).scalars()}
+        ids = set(cats.values())
+        out = []
+        for key, n in wanted.items():
+            cid = cats.get(key)
+            if cid is None and str(key).lstrip("-").isdigit() and int(key) in ids:
+                cid = int(key)
+            if cid is None:
+                raise LabelpropError(f"{self.dir / 'campaign.toml'}: [search.class_quotas] names unknown "
+                                     f"category {key!r}")
+            out.append((int(cid), int(n)))
+        return tuple(out)
+
     @staticmethod
     def _count_questions(session) -> int:
         from orchestrator.store import Question
@@ -102,17 +123,20 @@ class CampaignSearch:
         return None if not b else max(0, b - self.search.questions_asked)
 
     # ------------------------------------------------------------------ steps
-    def ask(self, max_questions: int | None = None, max_nodes: int | None = None) -> list[dict]:
+    def ask(self, target: int | None = None, max_nodes: int | None = None,
+            max_questions: int | None = None) -> list[dict]:
         """Sample the next questions and record them as pending Question rows (one transaction).
 
-        Returns ``[{"question_id", "mask_id", "node_id", "round"}]``.
+        ``target``: about how many questions to gather (whole node samples, see
+        :meth:`Search.next_questions`); ``max_questions``: hard cap, on top of the
+        campaign's question budget.  Returns ``[{"question_id", "mask_id", "node_id", "round"}]``.
         """
         from orchestrator.store import Question, bulk_insert, transaction, utcnow
 
         left = self.remaining_budget()
         if left is not None:
             max_questions = left if max_questions is None else min(max_questions, left)
-        asks = self.search.next_questions(max_questions=max_questions, max_nodes=max_nodes)
+        asks = self.search.next_questions(max_questions=max_questions, max_nodes=max_nodes, target=target)
         rows = [{"mask_id": int(m), "node_id": a.node, "round": a.round, "status": "pending",
                  "created_at": utcnow()} for a in asks for m in a.masks.tolist()]
         with transaction(self.engine) as s:

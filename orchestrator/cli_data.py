@@ -119,7 +119,7 @@ def calibrate(
     write: Optional[Path] = typer.Option(None, "--write", help="Campaign directory whose "
                                          "campaign.toml gets \\[search] kpr and kpa."),
     json_flag: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
-    score_weight: float = typer.Option(1.0, "--score-weight", help="Weight of the mask score in the clustering."),
+    score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score in the clustering."),
     exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly."),
     seed: int = typer.Option(0, "--seed", help="Seed of two-level clustering and plot subsampling."),
 ) -> None:

@@ -75,7 +75,7 @@ def run_simulated(campaign_dir: Path, db: Optional[str] = None, error_rate: floa
             return True
         if cs.done:
             return False
-        return bool(cs.ask(max_questions=per_step))
+        return bool(cs.ask(target=per_step))
 
     if progress and sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

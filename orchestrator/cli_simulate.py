@@ -75,7 +75,7 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
                    error_rate: float = 0.0, seconds_per_question: float = 1.5,
                    reward_usd: float = 0.15, questions_per_hit: int = 50,
                    report_at: Optional[List[int]] = None, out_dir: Optional[Path] = None,
-                   score_weight: float = 1.0, exact_limit: int = 40_000, plots: bool = True,
+                   score_weight: float = 0.25, exact_limit: int = 40_000, plots: bool = True,
                    progress=None) -> dict:
     """Everything `labelprop simulate` does, as a function returning the JSON object."""
     from clustering.build import ClusterParams, build_forest
@@ -173,7 +173,7 @@ def simulate(
     out: Path = typer.Option(Path("simulate-out"), "--out", help="Directory for fig6_search.png, fig8_cost.png, curves.csv."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON object to this file."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG/CSV curves."),
-    score_weight: float = typer.Option(1.0, "--score-weight", help="Weight of the mask score in the clustering."),
+    score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score next to the features in the clustering."),
     exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly (memory ~ 8n^2/2 bytes)."),
 ) -> None:
     from orchestrator.errors import check_unit_interval

@@ -58,7 +58,7 @@ class SearchSection:
 
 @dataclass
 class ClusteringSection:
-    score_weight: float = 1.0
+    score_weight: float = 0.25
     exact_limit: int = 40_000
 
 
@@ -121,7 +121,7 @@ _HEADER = """\
 #              budget_questions: stop after this many questions (0: no limit).
 #              [search.class_quotas]: category name (or id) = number of masks wanted.
 # [clustering] score_weight: weight of the mask score next to the features (1.0: as
-#              much as all feature dimensions together).  exact_limit: classes larger
+#              much as all feature dimensions together; default 0.25).  exact_limit: classes larger
 #              than this are clustered in two levels.
 # [crowd]      backend: mturk | server | simulated.  endpoint_url: empty for the
 #              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
@@ -304,6 +304,9 @@ def save_config(campaign_dir: str | os.PathLike, cfg: CampaignConfig) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

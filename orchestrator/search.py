@@ -77,6 +77,7 @@ class SearchParams:
     strategy: str = "heuristic"
     oracle: bool = False    # Q is the true cluster quality (paper Sec. 5.1), no questions
     seed: int = 0
+    quotas: tuple = ()      # ((class_id, masks wanted), ...): stop searching a class once met
 
     def __post_init__(self) -> None:
         for name in ("ka", "kiou", "kpa", "kpr"):
@@ -87,6 +88,9 @@ class SearchParams:
             raise LabelpropError(f"--chunk must be 0 (off) or positive, got {self.chunk}")
         if self.kpr > self.kpa:
             raise LabelpropError(f"--kpr ({self.kpr}) must not exceed --kpa ({self.kpa})")
+        for c, q in self.quotas:
+            if int(q) < 0:
+                raise LabelpropError(f"quota for class {c} must be >= 0, got {q}")
         if self.strategy not in TREE_STRATEGIES:
             raise LabelpropError(
                 f"unknown tree-search strategy {self.strategy!r}; choose one of {', '.join(TREE_STRATEGIES)}")
@@ -208,6 +212,9 @@ class Search:
         self._n_queued = 0
         self._seq = 0
         self._asking: set[int] = set()
+        self._quota = {int(c): int(q) for c, q in self.params.quotas}
+        self._class_accepted: dict[int, int] = {}
+        self._node_class = f.node_class.tolist()
         self.dirty: set[int] = set()                      # nodes changed since last drain
         self.decisions: list[Decision] = []               # decisions since last drain
         if self.params.oracle:
@@ -269,6 +276,9 @@ class Search:
         self.dirty.add(node)
         self._asking.discard(node)
         self.decisions.append(Decision(node, NodeState(state), q, n_answered))
+        if state == _ACCEPTED and self._quota:
+            c = self._node_class[node]
+            self._class_accepted[c] = self._class_accepted.get(c, 0) + self._end[node] - self._start[node]
         if state == _SPLIT or state == _AUTO_SPLIT:
             self._push_children(node)
 
@@ -348,26 +358,37 @@ class Search:
         return Ask(node, masks, rnd)
 
     # -------------------------------------------------------------- driving
-    def next_questions(self, max_questions: int | None = None, max_nodes: int | None = None) -> list[Ask]:
+    def next_questions(self, max_questions: int | None = None, max_nodes: int | None = None,
+                       target: int | None = None) -> list[Ask]:
         """Questions to post now.
 
         First tops up nodes already being asked (in the order they were opened), then pops
-        new nodes in priority order, until ``max_questions`` masks or ``max_nodes`` nodes
-        being asked at once are reached (None: no limit).  Nodes decided without new
-        questions (early rules, oracle, enough answers already) are decided on the way.
+        new nodes in priority order.  Stops opening nodes once ``target`` questions are
+        gathered (a soft size for packing HITs: a node's sample is never split for it, so
+        the outcome does not depend on how questions are batched) or ``max_nodes`` nodes
+        are being asked at once.  ``max_questions`` is a hard cap (a question budget): the
+        last sample is cut to fit it.  Nodes decided without new questions (early rules,
+        oracle, enough answers already) are decided on the way.
         """
         asks: list[Ask] = []
         budget = math.inf if max_questions is None else max_questions
+        soft = math.inf if target is None else target
+        got = 0
         for node in sorted(self._asking, key=lambda j: int(self.node_seq[j])):
-            if budget <= 0:
+            if budget <= 0 or got >= soft:
                 return asks
             ask = self._advance(node, budget)
             if ask is not None:
                 asks.append(ask)
                 budget -= ask.masks.shape[0]
-        while self._heap and budget > 0 and (max_nodes is None or len(self._asking) < max_nodes):
+                got += ask.masks.shape[0]
+        while self._heap and budget > 0 and got < soft and (max_nodes is None or len(self._asking) < max_nodes):
             node = heapq.heappop(self._heap)[-1]
             if self.node_state[node] != _QUEUED:
+                continue
+            if self._quota_met(node):
+                # the class has what it needs: leave the node queued (a larger quota resumes it)
+                self._n_queued -= 1
                 continue
             self._visit(node)
             if node in self._asking:
@@ -375,7 +396,12 @@ class Search:
                 if ask is not None:
                     asks.append(ask)
                     budget -= ask.masks.shape[0]
+                    got += ask.masks.shape[0]
         return asks
+
+    def _quota_met(self, node: int) -> bool:
+        c = self._node_class[node]
+        return c in self._quota and self._class_accepted.get(c, 0) >= self._quota[c]
 
     def _need(self, node: int) -> int:
         """Questions ``node`` should have posted now: the shortfall to N_s, at most ``chunk``
@@ -479,6 +505,11 @@ class Search:
         s.node_rounds[node_ids] = np.asarray(rounds, dtype=np.int32)
         s._seq = int(s.node_seq.max()) if s.node_seq.shape[0] else 0
         s._n_queued = int(np.count_nonzero(s.node_state == NodeState.QUEUED))
+        if s._quota:
+            acc = np.flatnonzero(s.node_state == NodeState.ACCEPTED)
+            for j in acc.tolist():
+                c = s._node_class[j]
+                s._class_accepted[c] = s._class_accepted.get(c, 0) + s._end[j] - s._start[j]
         for j in node_ids.tolist():
             if s.node_state[j] == NodeState.QUEUED:
                 heapq.heappush(s._heap, (*s._key(j, int(s.node_seq[j])), j))

@@ -165,3 +165,51 @@ def test_cli_simulate_workers_with_dotted_policy(tmp_path):
         assert got == sorted([{"m4": "yes", "m6": "no"}, {"m4": "no", "m6": "no"}], key=json.dumps)
     finally:
         assert c.srv.stop() == 0
+
+
+def test_external_question_gets_mturk_query_parameters(crowd):
+    from urllib.parse import parse_qs, urlsplit
+    ext = ('<ExternalQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2006-07-14/'
+           'ExternalQuestion.xsd"><ExternalURL>https://tasks.example.org/verify?batch=3</ExternalURL>'
+           '<FrameHeight>400</FrameHeight></ExternalQuestion>')
+    h = crowd.hit(question=ext)
+    w = crowd.worker()
+    prev = w.request("GET", f"/hits/{h['HITId']}")
+    q = parse_qs(urlsplit(prev["taskUrl"]).query)
+    assert prev["taskUrl"].startswith("https://tasks.example.org/verify?batch=3&")
+    assert q["assignmentId"] == ["ASSIGNMENT_ID_NOT_AVAILABLE"] and "workerId" not in q
+    p = w.request("POST", f"/hits/{h['HITId']}/accept")
+    q = parse_qs(urlsplit(p["taskUrl"]).query)
+    assert q["assignmentId"] == [p["assignmentId"]] and q["hitId"] == [h["HITId"]]
+    assert q["workerId"] == [w.worker_id] and q["turkSubmitTo"] == [crowd.srv.endpoint_url]
+    r = w.request("POST", "/mturk/externalSubmit", [("assignmentId", p["assignmentId"]), ("verdict", "yes")])
+    assert r["status"] == "Submitted"
+    a = crowd.mturk.list_assignments_for_hit(HITId=h["HITId"])["Assignments"][0]
+    assert parse_answers(a["Answer"]) == {"verdict": "yes"}
+
+
+def test_qualification_test_in_html_pages(crowd):
+    """The browser flow of a test: the HTML pages render the QuestionForm and score the posted form."""
+    import urllib.request
+    from urllib.parse import urlencode
+    m = crowd.mturk
+    qt = m.create_qualification_type(Name="html-test", Description="two questions", QualificationTypeStatus="Active",
+                                      Test=question_form([("h1", ["a", "b"]), ("h2", ["a", "b"])]),
+                                      TestDurationInSeconds=60, AnswerKey=answer_key({"h1": "a", "h2": "b"})
+                                      )["QualificationType"]["QualificationTypeId"]
+    info = crowd.srv.add_worker("html-tester")
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    opener.open(info["signin_url"], timeout=5).read()
+    page = opener.open(crowd.srv.endpoint_url + "/qualifications", timeout=5).read().decode()
+    assert "html-test" in page and f"/qualifications/{qt}/request" in page
+    form = opener.open(urllib.request.Request(crowd.srv.endpoint_url + f"/qualifications/{qt}/request", data=b"",
+                                              method="POST"), timeout=5).read().decode()
+    assert 'id="qualification-test"' in form and 'name="h1"' in form and 'value="b"' in form
+    done = opener.open(urllib.request.Request(crowd.srv.endpoint_url + f"/qualifications/{qt}/test",
+                                              data=urlencode({"h1": "a", "h2": "a"}).encode(), method="POST"),
+                       timeout=5).read().decode()
+    assert "granted" in done and "score of 1" in done
+    got = m.list_workers_with_qualification_type(QualificationTypeId=qt)["Qualifications"]
+    assert [(q["WorkerId"], q["IntegerValue"]) for q in got] == [(info["worker_id"], 1)]
+    again = opener.open(crowd.srv.endpoint_url + "/qualifications", timeout=5).read().decode()
+    assert "Retries are not allowed" in again or "already hold" in again

@@ -333,3 +333,18 @@ def test_decide_rule_and_bad_params():
         with pytest.raises(LabelpropError):
             SearchParams(**bad)
     assert math.isclose(SearchParams().ka, 0.85)
+
+
+def test_class_quotas_stop_a_class_once_met():
+    forest, scores, ious = small_data(1, n=900, classes=3)
+    free = run_tree_search(forest, SearchParams(kpa=0.0), Truthful(ious), ious)
+    cls = forest.node_class[forest.leaf_of_mask]
+    per_class = np.bincount(cls[free.accepted], minlength=3)
+    c = int(np.argmax(per_class))
+    quota = max(1, int(per_class[c]) // 4)
+    capped = run_tree_search(forest, SearchParams(kpa=0.0, quotas=((c, quota),)), Truthful(ious), ious)
+    got = np.bincount(cls[capped.accepted], minlength=3)
+    assert quota <= got[c] < per_class[c]
+    others = [k for k in range(3) if k != c]
+    assert np.array_equal(got[others], per_class[others])  # other classes unaffected
+    assert capped.questions < free.questions

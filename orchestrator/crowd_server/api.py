@@ -275,6 +275,7 @@ def _create_hit(s: Session, ht: HITType, p: dict, now: float) -> dict:
         raise E.RequestError(str(exc), E.XML_PARSE_ERROR) from None
     annotation = _str(p, "RequesterAnnotation", max_len=255)
     token = _str(p, "UniqueRequestToken", max_len=64)
+    prev = None
     if token is not None:
         if not token:
             raise E.RequestError("UniqueRequestToken must not be empty", E.INVALID_PARAMETER)
@@ -286,7 +287,11 @@ def _create_hit(s: Session, ht: HITType, p: dict, now: float) -> dict:
             unique_request_token=token)
     s.add(h)
     if token is not None:
-        s.merge(RequestToken(token=token, operation="CreateHIT", ref_id=h.hit_id, created=now))
+        if prev is not None:  # an expired (older than 24 h) token is reused
+            prev.ref_id, prev.created = h.hit_id, now
+            s.add(prev)
+        else:
+            s.add(RequestToken(token=token, operation="CreateHIT", ref_id=h.hit_id, created=now))
     s.flush()
     return {"HIT": hit_dict(h, ht, now)}
 
@@ -468,6 +473,7 @@ def create_additional_assignments(api, s, p, now):
     token = _str(p, "UniqueRequestToken", max_len=64)
     if h.disposed:
         raise E.RequestError("This HIT is currently in the state 'Disposed'.", E.INVALID_HIT_STATE)
+    prev = None
     if token:
         prev = s.get(RequestToken, (token, "CreateAdditionalAssignmentsForHIT"))
         if prev is not None and prev.created > now - TOKEN_WINDOW:
@@ -480,7 +486,11 @@ def create_additional_assignments(api, s, p, now):
     h.reviewing = False
     s.add(h)
     if token:
-        s.merge(RequestToken(token=token, operation="CreateAdditionalAssignmentsForHIT", ref_id=h.hit_id, created=now))
+        if prev is not None:
+            prev.ref_id, prev.created = h.hit_id, now
+            s.add(prev)
+        else:
+            s.add(RequestToken(token=token, operation="CreateAdditionalAssignmentsForHIT", ref_id=h.hit_id, created=now))
     return {}
 
 

@@ -119,6 +119,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "labelprop-crowd-server/1"
     timeout = 120  # idle keep-alive connections are closed after this
+    disable_nagle_algorithm = True  # small responses must not wait for delayed ACKs
 
     def log_message(self, fmt, *args):  # replaced by structured logs
         pass
@@ -185,9 +186,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.stopping:  # type: ignore[attr-defined]
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(resp.body)
+        # One write for headers and body (end_headers() would flush the headers on their own).
+        self._headers_buffer.append(b"\r\n")
+        payload = b"".join(self._headers_buffer) + (resp.body if self.command != "HEAD" else b"")
+        self._headers_buffer = []
+        self.wfile.write(payload)
 
 
 class CrowdHTTPServer(ThreadingHTTPServer):
