@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator.atomic import atomic_open
 from orchestrator.errors import LabelpropError, check_unit_interval
 
 __all__ = ["Calibration", "node_table", "cumulative_threshold", "binned_curves",
@@ -134,27 +134,9 @@ def calibrate_forest(forest, ious: np.ndarray, *, ka: float = 0.85, kiou: float 
 
 # ------------------------------------------------------------------------- output
 def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise LabelpropError(f"{path}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _umask = os.umask(0)
-        os.umask(_umask)
-        os.chmod(tmp, 0o666 & ~_umask)  # mkstemp creates 0600; use normal file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_open(path, "wb") as fh:
+        write(fh)
+    return Path(path)
 
 
 def write_csv(path: str | os.PathLike, cal: Calibration) -> Path:

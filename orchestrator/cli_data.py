@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from orchestrator.atomic import json_safe
 from orchestrator.errors import LabelpropError, check_unit_interval
 
 SYNTH_HELP = """Write synthetic {features, score, IoU, class} triplets for `simulate` and `calibrate`.
@@ -38,18 +38,6 @@ Examples:
 
   labelprop calibrate heldout.npz --json
 """
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item"):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _say(msg: str) -> None:
@@ -88,7 +76,7 @@ def synth(
         t = make_triplets(n, classes=classes, dim=dim, seed=seed)
         save_triplets(out, t)
         info = {"file": str(out), "seed": seed, **describe(t, kiou)}
-    sys.stdout.write(json.dumps(_clean(info), indent=2) + "\n")
+    sys.stdout.write(json.dumps(json_safe(info), indent=2) + "\n")
 
 
 def _table(cal) -> str:
@@ -154,7 +142,7 @@ def calibrate(
     if write is not None:
         out["files"]["campaign_toml"] = str(write_thresholds(write, cal.kpr, cal.kpa))
     if json_flag:
-        sys.stdout.write(json.dumps(_clean(out), indent=2) + "\n")
+        sys.stdout.write(json.dumps(json_safe(out), indent=2) + "\n")
     else:
         sys.stdout.write(_table(cal) + "\n")
         for k, v in out["files"].items():

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from orchestrator.atomic import atomic_write_json, json_safe
 from orchestrator.errors import LabelpropError
 
 SIMULATE_HELP = """Run the label-propagation search (and baselines) against simulated annotators.
@@ -45,28 +43,6 @@ def _strategies(values: List[str]) -> list[str]:
             elif name not in out:
                 out.append(name)
     return out
-
-
-def _clean(obj):
-    """JSON-safe: NaN becomes null, numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item"):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, ka: float = 0.85,
@@ -146,7 +122,7 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
             "fig8_png": str(plot_fig8(out_dir / "fig8_cost.png", curves, "Fig. 8: " + title)),
             "curves_csv": str(write_curves_csv(out_dir / "curves.csv", curves)),
         }
-    return _clean(out)
+    return json_safe(out)
 
 
 def simulate(
@@ -189,7 +165,7 @@ def simulate(
         progress=lambda m: typer.secho(f"labelprop: {m}", err=True, fg=typer.colors.BRIGHT_BLACK))
     text = json.dumps(result, indent=2)
     if json_out is not None:
-        _write_json_atomic(json_out, result)
+        atomic_write_json(json_out, result)
     sys.stdout.write(text + "\n")
 
 

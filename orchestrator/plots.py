@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator.atomic import atomic_open
 from orchestrator.results import RunResult
 
 __all__ = ["curve", "write_curves_csv", "plot_fig6", "plot_fig8"]
@@ -47,23 +47,15 @@ def curve(result: RunResult | list[RunResult]) -> dict[str, np.ndarray]:
     return t
 
 
-def _atomic_path(path: Path):
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def write_curves_csv(path: str | os.PathLike, curves: dict[str, dict[str, np.ndarray]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for name, c in curves.items():
             for i in range(len(c.get("questions", []))):
                 w.writerow([name] + [_fmt(c[k][i]) for k in CSV_COLUMNS[1:]])
-    os.replace(tmp, path)
     return path
 
 
@@ -86,10 +78,11 @@ def _figure(panels: int):
 
 def _save(plt, fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -15,13 +15,13 @@ atomically (temporary file in the same directory, then ``os.replace``).
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator.atomic import atomic_open
 from orchestrator.errors import LabelpropError
 
 __all__ = ["Triplets", "validate_triplets", "load_triplets", "save_triplets", "REQUIRED_KEYS"]
@@ -164,23 +164,6 @@ def save_triplets(path: str | os.PathLike, triplets: Triplets | None = None, *,
            "classes": np.asarray(triplets.classes, dtype=np.int64)}
     if triplets.ious is not None:
         out["ious"] = np.asarray(triplets.ious, dtype=np.float32)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise LabelpropError(f"{p}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            (np.savez_compressed if compressed else np.savez)(fh, **out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _umask = os.umask(0)
-        os.umask(_umask)
-        os.chmod(tmp, 0o666 & ~_umask)  # mkstemp creates 0600; use normal file permissions
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(p, "wb") as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **out)
     return p
