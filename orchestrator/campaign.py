@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from orchestrator.errors import LabelpropError
 from orchestrator.search import TREE_STRATEGIES, NodeState, Search, SearchParams
+from orchestrator.store import bulk_update
 
 __all__ = ["CampaignSearch", "AnswerIn"]
 
@@ -42,7 +43,7 @@ class CampaignSearch:
     def __init__(self, campaign_dir: str | os.PathLike, db: str | None = None) -> None:
         from orchestrator.arrays import load_forest
         from orchestrator.config import load_config
-        from orchestrator.store import load_mask_answers, load_node_arrays, open_store, read_session
+        from orchestrator.store import open_store, read_session
 
         self.dir = Path(campaign_dir)
         self.cfg = load_config(self.dir)
@@ -58,9 +59,15 @@ class CampaignSearch:
                                    strategy=sc.strategy, seed=self.cfg.campaign.seed, quotas=quotas)
         with read_session(self.engine) as s:
             self.forest = load_forest(s, self.dir)
-            nodes = load_node_arrays(s, self.forest.n_nodes)
-            answer, pending = load_mask_answers(s, self.forest.n_masks)
-            n_questions = self._count_questions(s)
+            self._restore(s)
+
+    def _restore(self, s) -> None:
+        """(Re)build the in-memory search from the store as session ``s`` sees it."""
+        from orchestrator.store import load_mask_answers, load_node_arrays
+
+        nodes = load_node_arrays(s, self.forest.n_nodes)
+        answer, pending = load_mask_answers(s, self.forest.n_masks)
+        n_questions = self._count_questions(s)
         touched = np.flatnonzero(nodes["state"] != NodeState.UNSEEN)
         if touched.shape[0] == 0:
             self.search = Search(self.forest, self.params)
@@ -73,6 +80,20 @@ class CampaignSearch:
                 questions_asked=n_questions,
                 clusters_annotated=int(np.isin(nodes["state"], [3, 4, 5]).sum()))
             # answers for masks that no node needed yet stay known: restore() took them all
+
+    def reload(self) -> None:
+        """Rebuild the in-memory search from the committed store (after a failed transaction)."""
+        from orchestrator.store import read_session
+
+        with read_session(self.engine) as s:
+            self._restore(s)
+
+    def reload_in(self, s) -> None:
+        """Rebuild the search inside transaction ``s`` after rows were changed behind its back
+        (answers discarded by quality control): pending node changes are saved first."""
+        self._save_nodes(s)
+        s.flush()
+        self._restore(s)
 
     # ------------------------------------------------------------------ helpers
     def _quotas(self, session, wanted: dict) -> tuple:
@@ -131,7 +152,16 @@ class CampaignSearch:
         :meth:`Search.next_questions`); ``max_questions``: hard cap, on top of the
         campaign's question budget.  Returns ``[{"question_id", "mask_id", "node_id", "round"}]``.
         """
-        from orchestrator.store import Question, bulk_insert, transaction, utcnow
+        from orchestrator.store import transaction
+
+        with transaction(self.engine) as s:
+            return self.ask_in(s, target, max_nodes, max_questions)
+
+    def ask_in(self, s, target: int | None = None, max_nodes: int | None = None,
+               max_questions: int | None = None) -> list[dict]:
+        """:meth:`ask` inside the caller's transaction ``s`` (the caller reloads the search
+        if that transaction fails, since the in-memory search has already moved on)."""
+        from orchestrator.store import Question, bulk_insert, utcnow
 
         left = self.remaining_budget()
         if left is not None:
@@ -139,12 +169,11 @@ class CampaignSearch:
         asks = self.search.next_questions(max_questions=max_questions, max_nodes=max_nodes, target=target)
         rows = [{"mask_id": int(m), "node_id": a.node, "round": a.round, "status": "pending",
                  "created_at": utcnow()} for a in asks for m in a.masks.tolist()]
-        with transaction(self.engine) as s:
-            start = s.execute(select(func.max(Question.id))).scalar() or 0
-            bulk_insert(s, Question, rows)
-            self._save_nodes(s)
-            created = s.execute(select(Question.id, Question.mask_id, Question.node_id, Question.round)
-                                .where(Question.id > start).order_by(Question.id)).all()
+        start = s.execute(select(func.max(Question.id))).scalar() or 0
+        bulk_insert(s, Question, rows)
+        self._save_nodes(s)
+        created = s.execute(select(Question.id, Question.mask_id, Question.node_id, Question.round)
+                            .where(Question.id > start).order_by(Question.id)).all()
         return [{"question_id": q, "mask_id": m, "node_id": n, "round": r} for q, m, n, r in created]
 
     def record(self, answers: list[AnswerIn]) -> int:
@@ -153,41 +182,62 @@ class CampaignSearch:
         Answers to unknown or no-longer-pending questions are skipped; returns how many
         were recorded.
         """
-        from orchestrator.store import Answer, Question, bulk_insert, transaction, utcnow
+        from orchestrator.store import transaction
+
+        if not answers:
+            return 0
+        with transaction(self.engine) as s:
+            return self.record_in(s, answers)
+
+    def record_in(self, s, answers: list[AnswerIn]) -> int:
+        """:meth:`record` inside the caller's transaction ``s``."""
+        from orchestrator.store import Answer, Question, bulk_insert, chunks, utcnow
 
         if not answers:
             return 0
         by_q = {a.question_id: a for a in answers}
-        with transaction(self.engine) as s:
-            rows = s.execute(select(Question.id, Question.mask_id)
-                             .where(Question.id.in_(list(by_q)), Question.status == "pending")).all()
-            if not rows:
-                return 0
-            masks = np.array([m for _, m in rows], dtype=np.int64)
-            labels = np.array([1 if by_q[q].label else 0 for q, _ in rows], dtype=np.int8)
-            self.search.record(masks, labels)
-            now = utcnow()
-            bulk_insert(s, Answer, [{"question_id": q, "mask_id": m, "label": int(by_q[q].label != 0),
-                                     "worker_id": by_q[q].worker_id, "seconds": by_q[q].seconds,
-                                     "source": by_q[q].source, "created_at": now} for q, m in rows])
-            s.execute(update(Question).where(Question.id.in_([q for q, _ in rows])).values(status="answered"))
-            self._save_nodes(s)
+        rows = []
+        for part in chunks(list(by_q)):
+            rows += s.execute(select(Question.id, Question.mask_id)
+                              .where(Question.id.in_(part), Question.status == "pending")).all()
+        if not rows:
+            return 0
+        rows.sort()
+        masks = np.array([m for _, m in rows], dtype=np.int64)
+        labels = np.array([1 if by_q[q].label else 0 for q, _ in rows], dtype=np.int8)
+        self.search.record(masks, labels)
+        now = utcnow()
+        bulk_insert(s, Answer, [{"question_id": q, "mask_id": m, "label": int(by_q[q].label != 0),
+                                 "worker_id": by_q[q].worker_id, "seconds": by_q[q].seconds,
+                                 "source": by_q[q].source, "created_at": now} for q, m in rows])
+        for part in chunks([q for q, _ in rows]):
+            s.execute(bulk_update(Question).where(Question.id.in_(part)).values(status="answered"))
+        self._save_nodes(s)
         return len(rows)
 
     def release(self, question_ids: list[int], reason: str = "released") -> int:
         """Return pending questions unanswered (expired HIT, discarded answers): their nodes
         ask again.  The questions are marked discarded (one transaction)."""
-        from orchestrator.store import Question, log_event, transaction
+        from orchestrator.store import transaction
 
         with transaction(self.engine) as s:
-            rows = s.execute(select(Question.id, Question.mask_id)
-                             .where(Question.id.in_(list(question_ids)), Question.status == "pending")).all()
-            if not rows:
-                return 0
-            self.search.release(np.array([m for _, m in rows], dtype=np.int64))
-            s.execute(update(Question).where(Question.id.in_([q for q, _ in rows])).values(status="discarded"))
-            log_event(s, "questions_released", reason=reason, count=len(rows))
-            self._save_nodes(s)
+            return self.release_in(s, question_ids, reason)
+
+    def release_in(self, s, question_ids: list[int], reason: str = "released") -> int:
+        """:meth:`release` inside the caller's transaction ``s``."""
+        from orchestrator.store import Question, chunks, log_event
+
+        rows = []
+        for part in chunks(sorted(set(int(q) for q in question_ids))):
+            rows += s.execute(select(Question.id, Question.mask_id)
+                              .where(Question.id.in_(part), Question.status == "pending")).all()
+        if not rows:
+            return 0
+        self.search.release(np.array([m for _, m in rows], dtype=np.int64))
+        for part in chunks([q for q, _ in rows]):
+            s.execute(bulk_update(Question).where(Question.id.in_(part)).values(status="discarded"))
+        log_event(s, "questions_released", reason=reason, count=len(rows))
+        self._save_nodes(s)
         return len(rows)
 
     def pending(self) -> list[dict]:

@@ -200,6 +200,12 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
         else:
             out.update(trees=0, nodes=0, accepted_masks=0, rejected_masks=0,
                        undecided_masks=n_masks)
+        queued = out["nodes_by_state"]
+        out["queue"] = {"queued": int(queued.get("QUEUED", 0)), "asking": int(queued.get("ASKING", 0))}
+    if cfg.crowd.backend != "simulated":      # real crowd campaigns: HITs, money, workers
+        from orchestrator.poll import crowd_summary
+
+        out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
     engine.dispose()
     return out
 
@@ -374,4 +380,27 @@ def status_cmd(
     t.add_row("answers (yes)", f"{st['answers']} ({st['answers_yes']})")
     t.add_row("accepted masks", str(st["accepted_masks"]))
     t.add_row("rejected masks", str(st["rejected_masks"]))
-    Console().print(t)
+    t.add_row("queue (queued / asking nodes)", f"{st['queue']['queued']} / {st['queue']['asking']}")
+    console = Console()
+    cr = st.get("crowd")
+    if cr is not None:
+        t.add_row("crowd backend", cr["backend"])
+        t.add_row("HITs in flight / posted", f"{cr['hits_in_flight']} / {cr['hits_posted']}")
+        t.add_row("assignments approved / rejected",
+                  f"{cr['assignments_approved']} / {cr['assignments_rejected']}")
+        b = f" of ${cr['budget_usd']:.2f}" if cr["budget_usd"] else " (no budget)"
+        t.add_row("spent", f"${cr['spent_usd']:.2f}{b} (${cr['committed_usd']:.2f} committed)")
+        t.add_row("gold questions", str(cr["gold_questions"]))
+    console.print(t)
+    if cr is not None and cr["workers"]:
+        w = Table(title="workers")
+        for col in ("worker", "assignments", "approved", "rejected", "gold accuracy", "median s/question",
+                    "flagged", "state"):
+            w.add_column(col, justify="left" if col in ("worker", "state") else "right")
+        for r in cr["workers"]:
+            acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.2f} ({r['gold_correct']}/{r['gold_total']})"
+            sec = "-" if r["median_seconds_per_question"] is None else f"{r['median_seconds_per_question']:.2f}"
+            state = "blocked" if r["blocked"] else "trusted" if r["trusted"] else "probation"
+            w.add_row(r["worker_id"], str(r["assignments"]), str(r["approved"]), str(r["rejected"]), acc, sec,
+                      str(r["flagged"]), state)
+        console.print(w)

@@ -23,12 +23,14 @@ from orchestrator.errors import LabelpropError
 
 __all__ = [
     "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
-    "QualificationSection", "CrowdSection", "CampaignConfig", "default_config", "load_config",
+    "QualificationSection", "AssetsSection", "CrowdSection", "CampaignConfig", "default_config", "load_config",
     "save_config", "config_path", "resolve_store_url",
 ]
 
 CONFIG_NAME = "campaign.toml"
 CROWD_BACKENDS = ("mturk", "simulated", "server")
+ASSET_STORES = ("local", "s3")
+MAX_PRESIGN_SECONDS = 7 * 86_400   # SigV4 presigned URLs live at most 7 days
 
 
 @dataclass
@@ -74,6 +76,25 @@ class QualificationSection:
     locales: list[str] = field(default_factory=list)  # e.g. ["US", "GB"]; empty: any
     gold_min_accuracy: float = 0.8     # soft-block workers below this gold accuracy
     min_seconds_per_question: float = 0.3  # flag HITs answered faster than this
+    min_gold_answers: int = 10         # gold answers before a worker's answers count (or block)
+    reject_below: float = 0.5          # reject an assignment whose gold accuracy on it is below
+    reject_fast: bool = False          # reject (not only flag) implausibly fast assignments
+    hold_seconds: int = 21_600         # held answers of a worker on probation expire (re-asked)
+
+
+@dataclass
+class AssetsSection:
+    """Where the mask overlay images shown in HITs are published (see orchestrator/assets.py)."""
+    store: str = "local"        # local: DIR/<local_dir> served by `labelprop crowd-server --assets`; s3
+    local_dir: str = "assets"   # relative to the campaign directory
+    base_url: str = ""          # local: public URL serving local_dir at /assets/ (empty: crowd.endpoint_url)
+    s3_bucket: str = ""
+    s3_prefix: str = "labelprop/"
+    s3_region: str = ""         # empty: boto3's default
+    s3_endpoint_url: str = ""   # empty: AWS; else any S3-compatible endpoint
+    presign_seconds: int = 0    # 0: public URLs (bucket policy); > 0: presigned GET URLs valid this long
+    overlay_size: int = 384     # pixels (square JPEG)
+    overlay_context: float = 0.6  # context around the mask box, as a fraction of its larger side
 
 
 @dataclass
@@ -94,7 +115,14 @@ class CrowdSection:
     lifetime_seconds: int = 3 * 86_400
     assignment_duration_seconds: int = 3_600
     auto_approval_delay_seconds: int = 3 * 86_400
+    masters: bool = False       # require the Masters qualification (+5% fee)
+    allow_unsure: bool = False  # offer an "unsure" answer (re-asked, never counted)
+    aggregation: str = "majority"   # with assignments_per_hit > 1: majority | dawid-skene
+    ordered: bool = True        # process HITs in posting order (reproducible runs)
+    max_reposts: int = 2        # re-post a HIT that expired unanswered at most this often
+    concurrency: int = 8        # parallel requests to the crowd platform
     qualification: QualificationSection = field(default_factory=QualificationSection)
+    assets: AssetsSection = field(default_factory=AssetsSection)
 
 
 @dataclass
@@ -129,12 +157,25 @@ _HEADER = """\
 #              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
 #              (0: no limit; MTurk fees are added to the reward).  title, description,
 #              keywords: what workers see.  lifetime / assignment duration /
-#              auto-approval delay in seconds.
+#              auto-approval delay in seconds.  masters: require Masters (+5% fee).
+#              allow_unsure: offer "unsure" (re-asked).  aggregation (replication):
+#              majority | dawid-skene (crowd-kit).  ordered: process HITs in posting
+#              order, so a resumed or repeated run posts the same HITs.  max_reposts:
+#              re-posts of a HIT that expired unanswered.  concurrency: parallel requests.
 # [crowd.qualification]  a test with an answer key before the first HIT (enabled,
 #              questions, pass_fraction, test_duration_seconds, retry_delay_seconds),
 #              built-in requirements (min_percent_approved, min_hits_approved, locales;
 #              0 or empty: off), gold_min_accuracy (soft-block below), and
-#              min_seconds_per_question (flag faster HITs).
+#              min_seconds_per_question (flag faster HITs), min_gold_answers (a
+#              worker's answers are held until then), reject_below (reject an assignment
+#              with lower gold accuracy), reject_fast, hold_seconds (held answers expire).
+# [crowd.assets]  where HIT images (mask overlays) are published: store = local (files in
+#              local_dir, served by `labelprop crowd-server --assets DIR` at base_url/assets/;
+#              base_url empty: crowd.endpoint_url) or s3 (s3_bucket, s3_prefix, s3_region,
+#              s3_endpoint_url; the bucket needs a CORS rule, see orchestrator/assets.py).
+#              presign_seconds: 0 for public URLs, else presigned GET URLs valid that long
+#              (at most 604800, and longer than lifetime + assignment duration).
+#              overlay_size (pixels), overlay_context (margin around the mask box).
 """
 
 
@@ -253,19 +294,49 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
     if w.gold_per_hit >= w.questions_per_hit:
         bad("crowd.gold_per_hit", f"({w.gold_per_hit}) must be below crowd.questions_per_hit"
             f" ({w.questions_per_hit})")
+    if w.aggregation not in ("majority", "dawid-skene"):
+        bad("crowd.aggregation", f"must be majority or dawid-skene, got {w.aggregation!r}")
+    for k in ("max_reposts",):
+        if getattr(w, k) < 0:
+            bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
+    if not 1 <= w.concurrency <= 64:
+        bad("crowd.concurrency", f"must be in [1, 64], got {w.concurrency}")
     q = w.qualification
-    for k in ("pass_fraction", "gold_min_accuracy"):
+    for k in ("pass_fraction", "gold_min_accuracy", "reject_below"):
         if not 0.0 <= getattr(q, k) <= 1.0:
             bad(f"crowd.qualification.{k}", f"must be in [0, 1], got {getattr(q, k)!r}")
     if not 0 <= q.min_percent_approved <= 100:
         bad("crowd.qualification.min_percent_approved",
             f"must be in [0, 100], got {q.min_percent_approved}")
-    for k in ("questions", "test_duration_seconds", "retry_delay_seconds", "min_hits_approved"):
+    for k in ("questions", "test_duration_seconds", "retry_delay_seconds", "min_hits_approved",
+              "min_gold_answers", "hold_seconds"):
         if getattr(q, k) < 0:
             bad(f"crowd.qualification.{k}", f"must be >= 0, got {getattr(q, k)}")
     if q.min_seconds_per_question < 0:
         bad("crowd.qualification.min_seconds_per_question",
             f"must be >= 0, got {q.min_seconds_per_question}")
+    a = w.assets
+    if a.store not in ASSET_STORES:
+        bad("crowd.assets.store", f"must be one of {', '.join(ASSET_STORES)}, got {a.store!r}")
+    if a.store == "s3" and not a.s3_bucket.strip():
+        bad("crowd.assets.s3_bucket", "must be set when crowd.assets.store = \"s3\"")
+    if a.store == "local" and not a.local_dir.strip():
+        bad("crowd.assets.local_dir", "must not be empty")
+    for k in ("base_url", "s3_endpoint_url"):
+        v = getattr(a, k)
+        if v and not v.startswith(("http://", "https://")):
+            bad(f"crowd.assets.{k}", f"must be an http(s) URL, got {v!r}")
+    if not 0 <= a.presign_seconds <= MAX_PRESIGN_SECONDS:
+        bad("crowd.assets.presign_seconds", f"must be in [0, {MAX_PRESIGN_SECONDS}] (7 days), "
+            f"got {a.presign_seconds}")
+    if a.presign_seconds and a.presign_seconds < w.lifetime_seconds + w.assignment_duration_seconds:
+        bad("crowd.assets.presign_seconds", f"({a.presign_seconds}) must outlive a HIT: at least "
+            f"crowd.lifetime_seconds + crowd.assignment_duration_seconds "
+            f"({w.lifetime_seconds + w.assignment_duration_seconds})")
+    if not 64 <= a.overlay_size <= 2048:
+        bad("crowd.assets.overlay_size", f"must be in [64, 2048], got {a.overlay_size}")
+    if not 0.0 <= a.overlay_context <= 5.0:
+        bad("crowd.assets.overlay_context", f"must be in [0, 5], got {a.overlay_context}")
     return cfg
 
 

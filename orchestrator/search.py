@@ -29,6 +29,7 @@ uninterrupted one would have asked.  Strategies only change the queue's order:
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -212,6 +213,12 @@ class Search:
         self._n_queued = 0
         self._seq = 0
         self._asking: set[int] = set()
+        # Nodes being asked never nest (children are queued only once their parent is
+        # decided), so their leaf ranges are disjoint: a sorted list of their starts finds
+        # the node an answered mask belongs to by bisection.
+        self._ask_starts: list[int] = []
+        self._ask_at: dict[int, int] = {}
+        self._hungry: set[int] = set()   # asking nodes that may need more questions now
         self._quota = {int(c): int(q) for c, q in self.params.quotas}
         self._class_accepted: dict[int, int] = {}
         self._node_class = f.node_class.tolist()
@@ -274,7 +281,7 @@ class Search:
         self.node_state[node] = state
         self.node_q[node] = q
         self.dirty.add(node)
-        self._asking.discard(node)
+        self._stop_asking(node)
         self.decisions.append(Decision(node, NodeState(state), q, n_answered))
         if state == _ACCEPTED and self._quota:
             c = self._node_class[node]
@@ -300,7 +307,32 @@ class Search:
             return
         self.node_state[node] = _ASKING
         self.dirty.add(node)
+        self._start_asking(node)
+
+    def _start_asking(self, node: int) -> None:
         self._asking.add(node)
+        self._hungry.add(node)
+        s = self._start[node]
+        bisect.insort(self._ask_starts, s)
+        self._ask_at[s] = node
+
+    def _stop_asking(self, node: int) -> None:
+        if node not in self._asking:
+            return
+        self._asking.discard(node)
+        self._hungry.discard(node)
+        s = self._start[node]
+        i = bisect.bisect_left(self._ask_starts, s)
+        del self._ask_starts[i]
+        del self._ask_at[s]
+
+    def _asking_node_at(self, pos: int) -> int:
+        """The node being asked whose leaf range holds position ``pos``, or -1."""
+        i = bisect.bisect_right(self._ask_starts, pos) - 1
+        if i < 0:
+            return -1
+        node = self._ask_at[self._ask_starts[i]]
+        return node if pos < self._end[node] else -1
 
     def _try_decide(self, node: int) -> bool:
         """Decide ``node`` if its outcome is determined by the answers it has."""
@@ -374,10 +406,12 @@ class Search:
         budget = math.inf if max_questions is None else max_questions
         soft = math.inf if target is None else target
         got = 0
-        for node in sorted(self._asking, key=lambda j: int(self.node_seq[j])):
+        for node in sorted(self._hungry, key=lambda j: int(self.node_seq[j])):
             if budget <= 0 or got >= soft:
                 return asks
             ask = self._advance(node, budget)
+            if node in self._asking and self._need(node) <= 0:
+                self._hungry.discard(node)   # waits for answers (record/release wake it up)
             if ask is not None:
                 asks.append(ask)
                 budget -= ask.masks.shape[0]
@@ -393,6 +427,8 @@ class Search:
             self._visit(node)
             if node in self._asking:
                 ask = self._advance(node, budget)
+                if node in self._asking and self._need(node) <= 0:
+                    self._hungry.discard(node)
                 if ask is not None:
                     asks.append(ask)
                     budget -= ask.masks.shape[0]
@@ -421,10 +457,14 @@ class Search:
         if masks.shape != labels.shape:
             raise ValueError("masks and labels differ in length")
         taken = 0
+        touched: set[int] = set()
         for mk, lb in zip(masks.tolist(), labels.tolist()):
             if not self.pending[mk]:
                 continue
             ps = int(self._pos[mk])
+            j = self._asking_node_at(ps)
+            if j >= 0:
+                touched.add(j)
             self.pending[mk] = False
             self._pend.add(ps, -1)
             self.answer[mk] = 1 if lb else 0
@@ -432,8 +472,8 @@ class Search:
             if lb:
                 self._yes.add(ps, 1)
             taken += 1
-        if taken:
-            self._settle()
+        if touched:
+            self._settle(touched)
         return taken
 
     def release(self, masks) -> int:
@@ -446,14 +486,18 @@ class Search:
             self.pending[mk] = False
             self._pend.add(ps, -1)
             self._taken[ps] = False
+            j = self._asking_node_at(ps)
+            if j >= 0:
+                self._hungry.add(j)   # its node asks again
             freed += 1
         return freed
 
-    def _settle(self) -> None:
-        """Decide every asking node whose outcome is now determined."""
-        for node in sorted(self._asking, key=lambda j: int(self.node_seq[j])):
-            if node in self._asking:
-                self._try_decide(node)
+    def _settle(self, nodes: set[int]) -> None:
+        """Decide the given asking nodes where their outcome is now determined; the others
+        may need more questions (sequential sampling) and are woken up for the next ask."""
+        for node in sorted(nodes, key=lambda j: int(self.node_seq[j])):
+            if node in self._asking and not self._try_decide(node):
+                self._hungry.add(node)
 
     @property
     def done(self) -> bool:
@@ -514,7 +558,7 @@ class Search:
             if s.node_state[j] == NodeState.QUEUED:
                 heapq.heappush(s._heap, (*s._key(j, int(s.node_seq[j])), j))
             elif s.node_state[j] == NodeState.ASKING:
-                s._asking.add(j)
+                s._start_asking(j)
         am = np.asarray(answered_masks, dtype=np.int64)
         al = np.asarray(answered_labels, dtype=np.int8)
         pm = np.asarray(pending_masks, dtype=np.int64)

@@ -184,7 +184,10 @@ def open_store(target: str | os.PathLike, url: str | None = None, create: bool =
             eng = create_engine(full, pool_pre_ping=True)
         if create:
             # only the campaign's tables: other modules share SQLModel.metadata
-            SQLModel.metadata.create_all(eng, tables=[m.__table__ for m in CAMPAIGN_MODELS])
+            from orchestrator.crowd_store import CROWD_MODELS   # crowd campaign tables
+
+            SQLModel.metadata.create_all(eng, tables=[m.__table__ for m in
+                                                      (*CAMPAIGN_MODELS, *CROWD_MODELS)])
             with read_session(eng) as s:
                 v = get_meta(s, "schema_version")
             if v is None:
@@ -270,6 +273,13 @@ def bulk_insert(session: Session, model, rows: list[dict], chunk: int = 20_000) 
     for part in chunks(rows, chunk):
         if part:
             session.execute(insert(model), part)
+
+
+def bulk_update(model):
+    """``UPDATE model`` for bulk changes by criteria.  No ORM session synchronisation: these
+    statements change rows that are not loaded as objects, and SQLAlchemy's default
+    ("evaluate") scans the whole identity map on every statement."""
+    return update(model).execution_options(synchronize_session=False)
 
 
 def count_rows(session: Session, model, *where) -> int:

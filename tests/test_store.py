@@ -200,7 +200,8 @@ def test_store_holds_only_campaign_tables(tmp_path):
     from sqlalchemy import inspect
     pytest.importorskip("orchestrator.crowd_server.models")  # shares SQLModel.metadata
     engine = open_store(tmp_path, "sqlite:///only.db")
+    from orchestrator.crowd_store import CROWD_MODELS   # the crowd campaign's own tables
     assert sorted(inspect(engine).get_table_names()) == sorted(
         ["category", "image", "mask", "array_file", "node", "question", "answer", "event",
-         "meta"])
+         "meta"] + [m.__tablename__ for m in CROWD_MODELS])
     engine.dispose()

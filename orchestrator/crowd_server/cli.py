@@ -34,6 +34,8 @@ start in DATA_DIR/credentials (AWS format, profile `labelprop-crowd`).
 
   labelprop crowd-server add-worker alice --data-dir crowd   # prints alice's sign-in link
 
+  labelprop crowd-server --data-dir crowd --assets campaign/assets   # also serve HIT images at /assets/
+
   labelprop crowd-server --port 8765 --data-dir crowd --simulate-workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
 
   AWS_SHARED_CREDENTIALS_FILE=crowd/credentials AWS_CONFIG_FILE=crowd/config python -c "import boto3; print(boto3.client('mturk').get_account_balance())"
@@ -70,6 +72,10 @@ def serve_command(
     balance: str = typer.Option("10000.00", "--balance", help="Starting account balance in USD (first start only)."),
     sync: str = typer.Option("full", "--sync", help="SQLite synchronous mode: full (survives power loss) or normal."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-request log lines on stderr."),
+    assets: Optional[Path] = typer.Option(
+        None, "--assets", metavar="DIR",
+        help="Serve the files under DIR publicly at /assets/... (no sign-in): the mask overlay images that "
+             "labelprop publishes for HITs when [crowd.assets] store = \"local\"."),
 ) -> None:
     """Start the server (the default action when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
@@ -98,8 +104,10 @@ def serve_command(
             return start_pool(url, profiles, pol, store=store)
     elif policy or answers:
         raise LabelpropError("--policy/--answers only make sense with --simulate-workers")
+    if assets is not None and not assets.is_dir():
+        raise LabelpropError(f"--assets {assets}: no such directory")
     serve(_data_dir(data_dir), host, port, quiet=quiet, synchronous=sync.upper(), initial_balance=balance,
-          simulate=simulate)
+          simulate=simulate, assets_dir=assets)
 
 
 def _base_url(data_dir: Path, base_url: Optional[str]) -> str:

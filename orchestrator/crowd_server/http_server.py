@@ -62,12 +62,12 @@ class App:
     """Everything a request needs; shared by all handler threads."""
 
     def __init__(self, data_dir: Path, *, quiet: bool = False, synchronous: str = "FULL",
-                 initial_balance: str = "10000.00"):
+                 initial_balance: str = "10000.00", assets_dir: Path | None = None):
         self.store = Store(data_dir, synchronous=synchronous, initial_balance=initial_balance)
         self.creds = creds_mod.load_or_create(self.store.data_dir)
         self.api = RequesterApi(self.store)
         self.actions = WorkerActions(self.store)
-        self.web = WorkerWeb(self.actions)
+        self.web = WorkerWeb(self.actions, assets_dir=assets_dir)
         self.quiet = quiet
         self.started = time.time()
         self.in_flight = 0
@@ -267,8 +267,11 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, *, quiet: bool = False,
           synchronous: str = "FULL", initial_balance: str = "10000.00", simulate=None,
-          on_ready=None) -> None:
-    """Run the server until SIGTERM/SIGINT.  ``simulate``: callable(endpoint_url, store) -> pool with .stop()."""
+          on_ready=None, assets_dir: Path | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT.  ``simulate``: callable(endpoint_url, store) -> pool with .stop().
+
+    ``assets_dir``: serve the files under it at ``/assets/...`` (public, no sign-in).
+    """
     from .store import prepare_data_dir
     data_dir = prepare_data_dir(data_dir)
     lock = DataDirLock(data_dir)
@@ -277,7 +280,10 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, *, quiet: b
     httpd = None
     pool = None
     try:
-        app = App(data_dir, quiet=quiet, synchronous=synchronous, initial_balance=initial_balance)
+        if assets_dir is not None and not Path(assets_dir).is_dir():
+            raise LabelpropError(f"--assets {assets_dir}: no such directory")
+        app = App(data_dir, quiet=quiet, synchronous=synchronous, initial_balance=initial_balance,
+                  assets_dir=assets_dir)
         httpd = bind(host, port, app)
         real_port = httpd.server_address[1]
         url = endpoint_for(host, real_port)
@@ -285,7 +291,8 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, *, quiet: b
         info = {"endpoint_url": url, "host": host, "port": real_port, "pid": os.getpid(), "started": time.time(),
                 "data_dir": str(data_dir), "credentials_file": str(creds_mod.credentials_path(data_dir)),
                 "config_file": str(creds_mod.config_path(data_dir)), "profile": creds_mod.PROFILE,
-                "region": creds_mod.REGION}
+                "region": creds_mod.REGION,
+                "assets_dir": str(Path(assets_dir).resolve()) if assets_dir is not None else None}
         _write_json_atomic(server_info_path(data_dir), info)
 
         stop = threading.Event()
@@ -294,7 +301,15 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, *, quiet: b
             if not stop.is_set():
                 stop.set()
                 log_event("shutdown", signal=signal.Signals(signum).name)
-                threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+                def _shutdown():
+                    # Stop in-process simulated workers while the server still answers, so none is left
+                    # waiting on a request that a stopped server would never serve.
+                    if pool is not None:
+                        pool.stop()
+                    httpd.shutdown()
+
+                threading.Thread(target=_shutdown, daemon=True).start()
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)

@@ -134,14 +134,18 @@ class CrowdServer:
 
 def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  extra_args: Sequence[str] = (), timeout: float = 30.0, log_path: str | Path | None = None,
-                 env: dict | None = None) -> CrowdServer:
+                 env: dict | None = None, assets_dir: str | Path | None = None) -> CrowdServer:
     """Start ``python -m orchestrator.crowd_server`` and wait until it answers /health.
+
+    ``assets_dir``: also serve that directory at ``{endpoint_url}/assets/...`` (``--assets DIR``).
 
     ``port=0`` picks a free port (race-free: the server binds it and reports it in server.json).
     Logs (stdout and the JSON request log on stderr) go to ``log_path`` (default DATA_DIR/server.log).
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    if assets_dir is not None:
+        extra_args = (*extra_args, "--assets", str(Path(assets_dir).resolve()))
     info_path = server_info_path(data_dir)
     log_path = Path(log_path) if log_path else data_dir / "server.log"
     cmd = [sys.executable, "-m", "orchestrator.crowd_server", "--host", host, "--port", str(port),

@@ -14,14 +14,20 @@ offline: ``https://assets.crowd.aws/crowd-html-elements.js`` ->
 ``/static/crowd-html-elements.js``, ``.../mturk-public/externalHIT_v1.js`` ->
 ``/static/externalHIT_v1.js``, ``https://www.mturk.com/mturk/externalSubmit`` ->
 ``/mturk/externalSubmit``.
+
+With an assets directory (``labelprop crowd-server --assets DIR``), ``GET /assets/<path>``
+serves the files under DIR with no sign-in, like a public S3 bucket: the mask overlays
+that labelprop publishes with ``orchestrator.assets.LocalAssetStore``.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from importlib import resources
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -37,6 +43,9 @@ REWRITES = [
     (re.compile(r"https?://s3\.amazonaws\.com/mturk-public/externalHIT_v1\.js"), "/static/externalHIT_v1.js"),
     (re.compile(r"https?://(www|workersandbox)\.mturk\.com/mturk/externalSubmit"), "/mturk/externalSubmit"),
 ]
+ASSET_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".gif": "image/gif", ".svg": "image/svg+xml", ".json": "application/json", ".css": "text/css"}
+_ASSET_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 SANDBOX = "allow-scripts allow-forms allow-popups allow-modals allow-top-navigation"
 
 
@@ -80,8 +89,9 @@ def task_src(question_kind: str, external_url: str, hit_id: str, assignment_id: 
 
 
 class WorkerWeb:
-    def __init__(self, actions: WorkerActions):
+    def __init__(self, actions: WorkerActions, assets_dir: "str | os.PathLike | None" = None):
         self.actions = actions
+        self.assets_dir = Path(assets_dir).resolve() if assets_dir is not None else None
         self.env = Environment(loader=PackageLoader("orchestrator.crowd_server", "templates"),
                                autoescape=select_autoescape(["html"]))
         self.env.filters["money"] = lambda v: f"${v}"
@@ -99,6 +109,8 @@ class WorkerWeb:
         try:
             if path.startswith("/static/"):
                 return self.static(path[len("/static/"):])
+            if path.startswith("/assets/") and method in ("GET", "HEAD"):
+                return self.asset(path[len("/assets/"):])
             if path.startswith("/signin/"):
                 return self.signin(path[len("/signin/"):], wants_json)
             if path == "/signout":
@@ -142,6 +154,24 @@ class WorkerWeb:
         ext = name[name.rfind("."):]
         return Response(200, [("Content-Type", STATIC_TYPES.get(ext, "application/octet-stream")),
                               ("Cache-Control", "max-age=300")], data)
+
+    def asset(self, rel: str) -> Response:
+        """A file under the assets directory (public, like an S3 object); 404 for anything else."""
+        not_found = Response(404, [("Content-Type", "text/plain"), ("Access-Control-Allow-Origin", "*")],
+                             b"not found\n")
+        parts = rel.split("/")
+        if self.assets_dir is None or not all(_ASSET_SEGMENT.fullmatch(p) for p in parts):
+            return not_found
+        path = self.assets_dir.joinpath(*parts)
+        try:
+            if not path.resolve().is_relative_to(self.assets_dir) or not path.is_file():
+                return not_found
+            data = path.read_bytes()
+        except OSError:
+            return not_found
+        ctype = ASSET_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return Response(200, [("Content-Type", ctype), ("Cache-Control", "public, max-age=86400"),
+                              ("Access-Control-Allow-Origin", "*")], data)
 
     def signin(self, token: str, wants_json: bool) -> Response:
         w = self.actions.authenticate(token)

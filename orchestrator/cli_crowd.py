@@ -1,0 +1,254 @@
+"""Crowd campaign commands: ``poll`` (one pass, for cron), ``gold`` (known-answer questions),
+``report`` (an HTML page with plots).
+
+Gold (``labelprop gold``): held-out masks with known answers, labelled yes iff their
+``iou`` >= K_iou of the campaign.  Either predictions with an ``iou`` field (a COCO
+results JSON with RLE segmentations plus the images JSON and the image root: masks that
+are not in the campaign), or ``--from-masks N``: N campaign masks with a known IoU
+(ingested with an ``iou`` field); those stay in the search too, so a worker may meet one
+both as gold and as a real question -- their answers are then checked against the known
+label either way.  Known yes and known no are balanced (``--balance``).  The first gold
+added also fills the qualification test pool (``[crowd.qualification] questions`` items,
+half yes, half no); the rest is hidden in HITs.  Everything is drawn from the campaign seed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from orchestrator.errors import LabelpropError
+
+DB_HELP = "SQLAlchemy URL overriding the campaign's store."
+
+POLL_HELP = """One pass of a real crowd campaign (backend "mturk" or "server"), for cron.
+
+Takes the campaign's lock (a second concurrent poll exits at once with a message), fetches the
+submitted assignments, scores gold, approves or rejects, soft-blocks workers who fail gold,
+records answers, decides clusters, posts the next HITs (at most crowd.max_hits_in_flight,
+never beyond crowd.budget_usd, fees included), deletes finished HITs and re-posts HITs that
+expired unanswered. Safe to kill at any moment and to rerun.
+
+Examples:
+
+  labelprop poll runs/c1 --endpoint-url http://127.0.0.1:8765      # the bundled crowd server
+
+  labelprop poll runs/c1 --sandbox --profile mturk                   # MTurk sandbox
+
+  */5 * * * *  labelprop poll /data/runs/c1 >> /data/runs/c1/poll.log 2>&1   # crontab
+"""
+
+GOLD_HELP = """Add gold questions (masks with known answers) to a campaign.
+
+Labels are yes iff iou >= the campaign's K_iou. The first call also fills the qualification
+test pool (crowd.qualification.questions items); the rest is hidden in every HIT.
+
+Examples:
+
+  labelprop gold runs/c1 --results gold_preds.json --images instances.json --image-root images/
+
+  labelprop gold runs/c1 --from-masks 200
+"""
+
+REPORT_HELP = """Write an HTML report of a crowd campaign: accepted masks and quality against spend,
+cluster decisions, and the worker table (gold accuracy, seconds per question, blocks).
+
+Example:
+
+  labelprop report runs/c1 --out runs/c1/report.html
+"""
+
+
+# ------------------------------------------------------------------------------- gold
+def _balanced(rng, labels: np.ndarray, n: int | None, balance: bool) -> np.ndarray:
+    idx = np.arange(labels.shape[0])
+    if n is None or n >= labels.shape[0]:
+        if not balance:
+            return rng.permutation(idx)
+        n = labels.shape[0]
+    yes, no = rng.permutation(idx[labels == 1]), rng.permutation(idx[labels == 0])
+    if not balance:
+        return rng.permutation(idx)[:n]
+    k = min(n // 2 + n % 2, yes.shape[0])
+    m = min(n - k, no.shape[0])
+    k = min(n - m, yes.shape[0])
+    return rng.permutation(np.concatenate([yes[:k], no[:m]]))
+
+
+def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_masks: int | None = None,
+             limit: int | None = None, balance: bool = True, db: str | None = None) -> dict:
+    from sqlalchemy import func, select
+
+    from orchestrator.config import load_config
+    from orchestrator.crowd_store import Gold
+    from orchestrator.store import Category, Event, Image, Mask, bulk_insert, log_event, open_store, \
+        read_session, transaction, utcnow
+
+    d = Path(campaign_dir)
+    cfg = load_config(d)
+    kiou = cfg.search.kiou
+    engine = open_store(d, db)
+    rows: list[dict] = []
+    if from_masks is not None:
+        if results is not None:
+            raise LabelpropError("gold: give --results ... or --from-masks N, not both")
+        if from_masks < 1:
+            raise LabelpropError(f"--from-masks must be at least 1, got {from_masks}")
+        with read_session(engine) as s:
+            ms = s.execute(select(Mask.id, Mask.iou, Mask.rle, Mask.bbox, Image.file_name, Category.name)
+                           .join(Image, Image.id == Mask.image_id).join(Category, Category.id == Mask.category_id)
+                           .where(Mask.iou.is_not(None), Mask.rle.is_not(None)).order_by(Mask.id)).all()
+            ev = s.execute(select(Event.payload).where(Event.kind == "ingest").order_by(Event.id.desc())
+                           .limit(1)).scalar()
+            taken = set(s.execute(select(Gold.mask_id).where(Gold.mask_id.is_not(None))).scalars())
+        ms = [m for m in ms if m[0] not in taken]
+        if not ms:
+            raise LabelpropError(f"{d}: no campaign masks with a known IoU and an image (ingest predictions "
+                                 f"with an 'iou' field)")
+        root = Path(json.loads(ev or "{}").get("sources", {}).get("image_root", "."))
+        labels = np.array([1 if m[1] >= kiou else 0 for m in ms])
+        rng = np.random.default_rng([abs(cfg.campaign.seed), 4242])
+        pick = _balanced(rng, labels, from_masks, balance)
+        for i in pick.tolist():
+            mid, iou, rle, bbox, fname, cname = ms[i]
+            rows.append({"label": int(labels[i]), "iou": float(iou), "mask_id": int(mid),
+                         "image_path": str((root / fname).resolve()), "rle": rle, "bbox": bbox,
+                         "category": cname, "source": "campaign-mask"})
+    else:
+        from orchestrator.ingest import _load_json, _read_images, validate_rle
+
+        if results is None or images is None or image_root is None:
+            raise LabelpropError("gold: give --results, --images and --image-root (or --from-masks N)")
+        results, images, image_root = Path(results), Path(images), Path(image_root)
+        if not image_root.is_dir():
+            raise LabelpropError(f"{image_root}: image root is not a directory")
+        imgs, cats = _read_images(images)
+        by_img = {im["id"]: im for im in imgs}
+        catname = {c["id"]: c["name"] for c in (cats or [])}
+        with read_session(engine) as s:
+            catname.update({c.id: c.name for c in s.execute(select(Category)).scalars()})
+        preds = _load_json(results, "COCO results JSON")
+        if not isinstance(preds, list) or not preds:
+            raise LabelpropError(f"{results}: expected a non-empty list of predictions")
+        labels = []
+        for i, p in enumerate(preds):
+            where = f"{results}: prediction {i}"
+            if not isinstance(p, dict):
+                raise LabelpropError(f"{where}: not an object")
+            iou = p.get("iou")
+            if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 <= float(iou) <= 1.0:
+                raise LabelpropError(f"{where}: gold needs an 'iou' in [0, 1], got {iou!r}")
+            im = by_img.get(p.get("image_id"))
+            if im is None:
+                raise LabelpropError(f"{where}: image_id {p.get('image_id')!r} is not in {images}")
+            if not (image_root / im["file_name"]).is_file():
+                raise LabelpropError(f"{image_root / im['file_name']}: image file not found ({where})")
+            rle, (h, w) = validate_rle(p.get("segmentation"), where)
+            if (h, w) != (im["height"], im["width"]):
+                raise LabelpropError(f"{where}: mask size {h}x{w} differs from image {im['id']} "
+                                     f"({im['height']}x{im['width']})")
+            bbox = p.get("bbox")
+            labels.append(1 if float(iou) >= kiou else 0)
+            rows.append({"label": labels[-1], "iou": float(iou), "mask_id": None,
+                         "image_path": str((image_root / im["file_name"]).resolve()), "rle": json.dumps(rle),
+                         "bbox": json.dumps([float(x) for x in bbox]) if isinstance(bbox, list) and len(bbox) == 4
+                         else None, "category": catname.get(p.get("category_id"), str(p.get("category_id"))),
+                         "source": str(results)})
+        rng = np.random.default_rng([abs(cfg.campaign.seed), 4243])
+        pick = _balanced(rng, np.array(labels), limit, balance)
+        rows = [rows[i] for i in pick.tolist()]
+    if not rows:
+        raise LabelpropError("gold: nothing to add")
+    q = cfg.crowd.qualification
+    with transaction(engine) as s:
+        n_test = int(s.execute(select(func.count()).select_from(Gold).where(Gold.pool == "test")).scalar_one())
+        for r in rows:
+            r.update(pool="hit", identifier=None, created_at=utcnow())
+        if n_test == 0 and q.enabled and q.questions > 0:
+            want = min(q.questions, len(rows) // 3)
+            yes = [r for r in rows if r["label"] == 1][: want // 2 + want % 2]
+            no = [r for r in rows if r["label"] == 0][: want - len(yes)]
+            rng = np.random.default_rng([abs(cfg.campaign.seed), 4244])
+            test = [ (yes + no)[i] for i in rng.permutation(len(yes) + len(no)).tolist()]
+            for i, r in enumerate(test):
+                r["pool"] = "test"
+                r["identifier"] = "t" + __import__("hashlib").sha256(
+                    f"{cfg.campaign.seed}:{d.resolve()}:{i}".encode()).hexdigest()[:15]
+        bulk_insert(s, Gold, rows)
+        summary = {"added": len(rows), "yes": sum(r["label"] for r in rows),
+                   "test": sum(r["pool"] == "test" for r in rows),
+                   "hit": sum(r["pool"] == "hit" for r in rows)}
+        log_event(s, "gold_added", **summary)
+    engine.dispose()
+    return summary
+
+
+# ------------------------------------------------------------------------------- commands
+def poll_cmd(
+    campaign_dir: Path = typer.Argument(..., metavar="DIR", help="Campaign directory."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="Requester API URL (e.g. the "
+                                               "bundled crowd server); default: crowd.endpoint_url, "
+                                               "$AWS_ENDPOINT_URL_MTURK, sandbox or production."),
+    sandbox: Optional[bool] = typer.Option(None, "--sandbox/--production", help="MTurk sandbox or production "
+                                           "(default: crowd.sandbox)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="AWS profile (default: the standard chain)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the pass summary as JSON."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    from orchestrator.poll import poll_once
+
+    out = poll_once(campaign_dir, db=db, endpoint_url=endpoint_url, sandbox=sandbox, profile=profile)
+    if out["locked"]:
+        typer.echo(f"labelprop: poll: {out['message']}", err=True)
+        if as_json:
+            typer.echo(json.dumps(out))
+        return
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    p = out["pass"]
+    b = f" of ${out['budget_usd']:.2f}" if out["budget_usd"] else ""
+    state = "finished" if out["finished"] else ("budget spent" if out["stopped"] else "running")
+    typer.echo(f"{campaign_dir}: {state}: {p.get('hits_processed', 0)} HITs processed, "
+               f"{p.get('hits_created', 0)} posted, {out['hits_in_flight']} in flight; "
+               f"{out['accepted_masks']:,} of {out['masks']:,} masks accepted; "
+               f"${out['spent_usd']:.2f} spent{b} ({out['seconds']:.1f} s)")
+    for m in out["messages"]:
+        typer.echo(f"  {m}", err=True)
+
+
+def gold_cmd(
+    campaign_dir: Path = typer.Argument(..., metavar="DIR", help="Campaign directory."),
+    results: Optional[Path] = typer.Option(None, "--results", help="COCO results JSON whose predictions "
+                                           "carry an 'iou' field."),
+    images: Optional[Path] = typer.Option(None, "--images", help="COCO images JSON for --results."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="Directory of the image files."),
+    from_masks: Optional[int] = typer.Option(None, "--from-masks", help="Use N campaign masks with known IoU."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many from --results."),
+    balance: bool = typer.Option(True, "--balance/--no-balance", help="As many known yes as known no."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    out = add_gold(campaign_dir, results=results, images=images, image_root=image_root, from_masks=from_masks,
+                   limit=limit, balance=balance, db=db)
+    typer.echo(f"{campaign_dir}: added {out['added']} gold questions ({out['yes']} known yes; "
+               f"{out['test']} for the qualification test, {out['hit']} hidden in HITs)")
+
+
+def report_cmd(
+    campaign_dir: Path = typer.Argument(..., metavar="DIR", help="Campaign directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default DIR/report.html)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    from orchestrator.report import write_report
+
+    path = write_report(campaign_dir, out or Path(campaign_dir) / "report.html", db=db)
+    typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("poll", help=POLL_HELP)(poll_cmd)
+    app.command("gold", help=GOLD_HELP)(gold_cmd)
+    app.command("report", help=REPORT_HELP)(report_cmd)

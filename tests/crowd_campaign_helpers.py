@@ -1,0 +1,117 @@
+"""Helpers for the crowd campaign tests (tests/test_poll_*.py) and bench/poll.py.
+
+* :func:`make_crowd_campaign`: a campaign built from synthetic COCO images with
+  ground-truth masks (tests/cocodata.py), backend "server", ingested with each
+  prediction's true IoU, clustered, with gold questions from a second, disjoint
+  synthetic set (``labelprop gold``), overlays published through the local asset store.
+* :class:`TruthPolicy`: answers for the crowd server's simulated workers from ground
+  truth: the HIT's fields are opaque identifiers, looked up in the campaign store
+  (HitItem -> mask IoU >= K_iou, or the gold label; test identifiers -> gold label).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from orchestrator.config import load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELPROP = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def lp(*args, check=True, env=None, timeout=600, **kw):
+    full = dict(os.environ)
+    full.update(env or {})
+    p = subprocess.run(LABELPROP + [str(a) for a in args], capture_output=True, text=True, cwd=ROOT,
+                       env=full, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"labelprop {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def coco_with_iou(root: Path, **kw):
+    """A synthetic COCO set whose results JSON carries each prediction's true IoU."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from cocodata import make_coco_dataset
+
+    ds = make_coco_dataset(root, **kw)
+    for r, q in zip(ds.results, ds.pred_iou.tolist()):
+        r["iou"] = round(float(q), 6)
+    ds.results_json.write_text(json.dumps(ds.results))
+    return ds
+
+
+def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str, assets_dir: Path, seed: int = 0,
+                        n_images: int = 30, gold_images: int = 12, crowd: dict | None = None,
+                        qualification: dict | None = None, search: dict | None = None,
+                        data_seed: int = 3, gold: bool = True) -> Path:
+    data = base / f"{name}-data"
+    ds = coco_with_iou(data / "preds", n_images=n_images, n_categories=3, objects_per_image=(1, 3),
+                       preds_per_object=3, seed=data_seed)
+    camp = base / name
+    lp("init", camp, "--seed", seed, "--backend", "server")
+    cfg = load_config(camp)
+    cfg.crowd.endpoint_url = endpoint_url
+    cfg.crowd.assets.local_dir = str(assets_dir)
+    cfg.crowd.qualification.min_hits_approved = 0
+    cfg.crowd.reward_usd = 0.05
+    for k, v in (crowd or {}).items():
+        setattr(cfg.crowd, k, v)
+    for k, v in (qualification or {}).items():
+        setattr(cfg.crowd.qualification, k, v)
+    for k, v in (search or {}).items():
+        setattr(cfg.search, k, v)
+    save_config(camp, cfg)
+    lp("ingest", camp, "--results", ds.results_json, "--features", ds.features_npy, "--images", ds.images_json,
+       "--image-root", ds.image_root)
+    lp("cluster", camp)
+    if gold:
+        g = coco_with_iou(data / "gold", n_images=gold_images, n_categories=3, objects_per_image=(1, 3),
+                          preds_per_object=3, seed=data_seed + 100)
+        lp("gold", camp, "--results", g.results_json, "--images", g.images_json, "--image-root", g.image_root)
+    return camp
+
+
+class TruthPolicy:
+    """Callable policy for ``srv.simulate``: the true answer of every field, from the stores of
+    the campaigns in ``dirs`` (looked up by opaque identifier)."""
+
+    def __init__(self, *dirs: Path):
+        self.dirs = [Path(d) for d in dirs]
+        self.lock = threading.Lock()
+        self.calls = 0
+
+    def _truth(self, ident: str):
+        for d in self.dirs:
+            kiou = load_config(d).search.kiou
+            con = sqlite3.connect(f"file:{d / 'campaign.db'}?mode=ro", uri=True, timeout=30)
+            try:
+                row = con.execute("select m.iou, g.label from hit_item h left join mask m on m.id = h.mask_id "
+                                  "left join gold g on g.id = h.gold_id where h.identifier = ?", (ident,)).fetchone()
+                if row is None:
+                    row2 = con.execute("select label from gold where identifier = ?", (ident,)).fetchone()
+                    if row2 is not None:
+                        return "yes" if row2[0] else "no"
+                    continue
+                iou, label = row
+                if label is not None:
+                    return "yes" if label else "no"
+                return "yes" if iou >= kiou else "no"
+            finally:
+                con.close()
+        return None
+
+    def __call__(self, task):
+        with self.lock:
+            self.calls += 1
+        out = {}
+        for f in task.fields:
+            t = self._truth(f.name)
+            if t is not None:
+                out[f.name] = t
+        return out
