@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from sqlmodel import Session
 
+from orchestrator.atomic import atomic_open
 from orchestrator.errors import LabelpropError
 from orchestrator.store import ArrayFile, utcnow
 
@@ -50,34 +50,13 @@ class _HashingWriter:
         return getattr(self.fh, name)
 
 
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def _mkstemp(path: Path) -> tuple[int, str]:
-    """A temporary file beside ``path`` with ordinary permissions (mkstemp gives 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
-    return fd, tmp
-
-
 def _atomic(path: Path, write) -> str:
+    """Write through :func:`orchestrator.atomic.atomic_open`, hashing as it goes; return sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            w = _HashingWriter(fh)
-            write(w)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        w = _HashingWriter(fh)
+        write(w)
     return w.h.hexdigest()
 
 
@@ -99,19 +78,9 @@ def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> s
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return digest
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return sha256_file(path)
 
 
 def register_array(session: Session, name: str, rel_path: str, sha256: str, shape, dtype) -> None:

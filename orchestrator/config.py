@@ -11,7 +11,6 @@ import dataclasses
 import datetime as _dt
 import math
 import os
-import tempfile
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import tomli_w
 
+from orchestrator.atomic import atomic_write_text
 from orchestrator.errors import LabelpropError
 
 __all__ = [
@@ -370,24 +370,6 @@ def save_config(campaign_dir: str | os.PathLike, cfg: CampaignConfig) -> Path:
     validate_config(cfg, path)
     atomic_write_text(path, dumps_config(cfg))
     return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def resolve_store_url(campaign_dir: str | os.PathLike, url: str) -> str:

@@ -98,7 +98,7 @@ def write_report(campaign_dir, out, db: str | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from orchestrator.config import atomic_write_text
+    from orchestrator.atomic import atomic_write_text
 
     data = report_data(campaign_dir, db)
     st = data["status"]
