@@ -14,7 +14,8 @@ A pass, under an exclusive campaign lock (a second concurrent pass exits at once
    parse each Answer (xmltodict), score gold, approve or reject, update worker gold
    accuracy, soft-block, hold / record / discard answers (:mod:`orchestrator.quality`),
    decide nodes (accept, reject, split; released questions are re-asked), re-post a HIT
-   that expired unanswered (the same intent, attempt + 1, same questions), then
+   that expired unanswered (the same intent, attempt + 1, same questions; with
+   ``crowd.ordered`` also when it waits behind the head, since that changes no state), then
    :func:`~orchestrator.posting.fill` the free slots -- all in one transaction per batch
    of HITs, so the local state never runs ahead of what is stored;
 6. remote effects recorded before they are made: approve / reject (with feedback),
@@ -427,6 +428,13 @@ def _process_intent(ctx, s, it: HitIntent) -> None:
     ctx.stats["hits_processed"] += 1
 
 
+def _unanswered(s, it: HitIntent) -> bool:
+    """A reviewable HIT with no assignment to process: it expired unanswered."""
+    return s.execute(select(CrowdAssignment.assignment_id).where(
+        CrowdAssignment.intent_id == it.id, CrowdAssignment.attempt == it.attempt,
+        CrowdAssignment.processed == False).limit(1)).first() is None  # noqa: E712
+
+
 def process(ctx) -> int:
     """Process reviewable HITs (in posting order when ``crowd.ordered``) and refill the slots."""
     from orchestrator.posting import fill
@@ -438,16 +446,28 @@ def process(ctx) -> int:
             with transaction(ctx.engine) as s:
                 intents = s.execute(select(HitIntent).where(HitIntent.status.in_(OPEN_INTENT))
                                     .order_by(HitIntent.id)).scalars().all()
+                waiting = False     # ordered: an earlier HIT is not processed yet
                 for it in intents:
                     if it.status != "created" or not it.reviewable:
-                        if ctx.cfg.crowd.ordered:
-                            break
+                        waiting = waiting or ctx.cfg.crowd.ordered
+                        continue
+                    if waiting:
+                        # behind the head only HITs that expired unanswered move on: re-posting them
+                        # changes neither the search nor the answers, so the order is kept, and
+                        # they do not sit dead in their slots until the head is answered
+                        if it.attempt < ctx.cfg.crowd.max_reposts and _unanswered(s, it):
+                            _process_intent(ctx, s, it)
+                            n += 1
+                            if n >= BATCH:
+                                break
                         continue
                     _process_intent(ctx, s, it)
                     ctx.stats["intents_made"] += fill(ctx, s)
                     n += 1
-                    if n >= BATCH or (it.status == "intent" and ctx.cfg.crowd.ordered):
-                        break   # a batch is full, or the head HIT was re-posted: it stays the head
+                    if n >= BATCH:
+                        break   # a batch is full
+                    if it.status == "intent" and ctx.cfg.crowd.ordered:
+                        waiting = True  # the head HIT was re-posted: it stays the head
                 if n == 0:
                     ctx.stats["intents_made"] += fill(ctx, s)
         except BaseException:

