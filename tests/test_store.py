@@ -198,7 +198,7 @@ def test_insert_questions_and_record_answers(engine):
 
 def test_store_holds_only_campaign_tables(tmp_path):
     from sqlalchemy import inspect
-    pytest.importorskip("orchestrator.crowd_server.models")  # shares SQLModel.metadata
+    import orchestrator.crowd_server.models  # noqa: F401  (shares SQLModel.metadata: must not leak in)
     engine = open_store(tmp_path, "sqlite:///only.db")
     from orchestrator.crowd_store import CROWD_MODELS   # the crowd campaign's own tables
     assert sorted(inspect(engine).get_table_names()) == sorted(
