@@ -268,3 +268,13 @@ def chromium_path() -> str:
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def worker_page(browser):
+    """A 1200x900 page for a worker in ``browser``, with a 15 s default timeout and the page's
+    uncaught JavaScript errors collected in the returned list."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(15000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page, errors

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 try:
-    from conftest_crowd import CHROMIUM_ARGS, chromium_path, crowd, html_question, parse_answers  # noqa: F401
+    from conftest_crowd import CHROMIUM_ARGS, chromium_path, crowd, html_question, parse_answers, worker_page  # noqa: F401
 except ImportError:
-    from tests.conftest_crowd import CHROMIUM_ARGS, chromium_path, crowd, html_question, parse_answers  # noqa: F401
+    from tests.conftest_crowd import CHROMIUM_ARGS, chromium_path, crowd, html_question, parse_answers, worker_page  # noqa: F401
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -64,10 +64,7 @@ def test_worker_answers_crowd_form_hit_with_keyboard(crowd, browser):
     worker = crowd.srv.add_worker("browser-worker")
     ARTIFACTS.mkdir(exist_ok=True)
 
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, errors = worker_page(browser)
     try:
         page.goto(worker["signin_url"])
         assert page.url == crowd.srv.endpoint_url + "/"

@@ -16,11 +16,11 @@ from scipy import ndimage
 
 try:
     from cocodata import encode_rle, make_coco_dataset
-    from conftest_crowd import chromium_path, start_crowd  # noqa: F401
+    from conftest_crowd import chromium_path, start_crowd, worker_page  # noqa: F401
     from test_crowd_server_browser import browser  # noqa: F401  (the shared Playwright browser fixture)
 except ImportError:
     from tests.cocodata import encode_rle, make_coco_dataset
-    from tests.conftest_crowd import chromium_path, start_crowd  # noqa: F401
+    from tests.conftest_crowd import chromium_path, start_crowd, worker_page  # noqa: F401
     from tests.test_crowd_server_browser import browser  # noqa: F401
 
 from hit_templates.render import HitQuestion, parse_verification_answer, parse_verification_seconds, \
@@ -90,10 +90,7 @@ def test_worker_answers_verification_hit_with_keyboard(env, browser):
     worker = crowd.srv.add_worker("hit-browser-worker")
     ARTIFACTS.mkdir(exist_ok=True)
 
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, errors = worker_page(browser)
     try:
         frame = _open_hit(page, crowd, worker, tid)
         # Preview: the first question and the instructions show; submitting is impossible.
@@ -157,10 +154,7 @@ def test_worker_answers_classic_form_hit_with_unsure(env, browser):
     tid = crowd.hit_type(Title="Outlines, classic form", Reward="0.02", Description="Keyboard: y / n / u")
     hit = crowd.hit(tid, xml, MaxAssignments=1)
     worker = crowd.srv.add_worker("hit-browser-classic")
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, errors = worker_page(browser)
     try:
         frame = _open_hit(page, crowd, worker, tid)
         assert frame.locator("#submitButton").is_disabled()
