@@ -38,6 +38,7 @@ assignment when its HIT is processed:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 __all__ = ["AssignmentVerdict", "judge_assignment", "score_gold", "aggregate", "parse_answers",
@@ -137,10 +138,11 @@ def aggregate(rows: list[tuple[str, str, int]], method: str = "majority") -> dic
     from crowdkit.aggregation import DawidSkene, MajorityVote
 
     df = pd.DataFrame(rows, columns=["task", "worker", "label"])
-    if method == "dawid-skene":
-        res = DawidSkene(n_iter=100).fit_predict(df)
-    elif method == "majority":
-        res = MajorityVote().fit_predict(df)
-    else:
+    if method not in ("dawid-skene", "majority"):
         raise ValueError(f"unknown aggregation {method!r}")
+    with warnings.catch_warnings():
+        # crowd-kit still uses pandas' inplace=/copy= keywords, deprecated in pandas 3: not ours to fix
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"crowdkit\.")
+        model = DawidSkene(n_iter=100) if method == "dawid-skene" else MajorityVote()
+        res = model.fit_predict(df)
     return {str(k): int(v) for k, v in res.items()}

@@ -45,20 +45,26 @@ def _env(srv):
     return {**os.environ, **srv.env()}
 
 
-def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 150):
-    """Start polls and SIGKILL them at random points until ``min_kills`` kills, then finish cleanly."""
+def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 540):
+    """Start polls and SIGKILL them at random points until ``min_kills`` kills, then finish cleanly.
+
+    Kill times are drawn from the durations of passes measured on this machine now (a first clean
+    pass, then every pass that ended before its kill), so the kills land inside passes whether the
+    machine is fast or loaded.  Only ``max_seconds`` (a hang guard) ends the loop early.
+    """
     rng = random.Random(seed)
-    # one clean pass first: it posts the first HITs and tells how long a pass (imports included)
-    # takes on this machine now, so the kills land inside passes even on a loaded CI machine
     t0 = time.monotonic()
-    lp("poll", camp, "--json", env=srv.env())
-    t_pass = time.monotonic() - t0
-    kills, mid_run, t_end = 0, 0, time.monotonic() + max(max_seconds, 60 * t_pass)
+    lp("poll", camp, "--json", env=srv.env())          # posts the first HITs
+    durations = [time.monotonic() - t0]
+    kills, mid_run, t_end = 0, 0, time.monotonic() + max_seconds
     while kills < min_kills and time.monotonic() < t_end:
+        t_pass = float(np.median(durations[-5:]))
         p = subprocess.Popen(LABELPROP + ["poll", str(camp), "--json"], cwd=ROOT, env=_env(srv),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.5, 1.5) * t_pass)
-        if p.poll() is None:
+        t_start = time.monotonic()
+        try:
+            p.wait(timeout=rng.uniform(0.3, 1.1) * t_pass)
+        except subprocess.TimeoutExpired:
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
             kills += 1
@@ -69,6 +75,7 @@ def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 150):
         else:
             out, err = p.communicate()
             assert p.returncode == 0, err
+            durations.append(time.monotonic() - t_start)
     # finish with clean passes: wait as long as the campaign makes progress (a loaded CI
     # machine is slow), fail only if it stalls for a minute
     final, last, stall_end, hard_end = None, None, time.monotonic() + 60, time.monotonic() + 600
