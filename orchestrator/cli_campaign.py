@@ -32,7 +32,7 @@ def _is_campaign(d: Path) -> bool:
 def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed: int = 0,
                   db: str | None = None, backend: str | None = None, force: bool = False) -> dict:
     """Create DIR, write every parameter to DIR/campaign.toml and create the store."""
-    from orchestrator.config import config_path, default_config, save_config
+    from orchestrator.config import config_path, default_config, save_config, validate_config
     from orchestrator.store import log_event, open_store, transaction
 
     d = Path(campaign_dir)
@@ -41,14 +41,21 @@ def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed
     if _is_campaign(d) and not force:
         raise LabelpropError(f"{d}: already a campaign (campaign.toml or campaign.db exists); "
                              f"use --force to rewrite campaign.toml")
+    created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
     cfg = default_config(name or d.resolve().name, seed)
     if db:
         cfg.store.url = db
     if backend:
         cfg.crowd.backend = backend
+    try:
+        validate_config(cfg, config_path(d))           # a bad option or --db writes nothing
+        engine = open_store(d, url=cfg.store.url)
+    except LabelpropError:
+        if created and not any(d.iterdir()):
+            d.rmdir()
+        raise
     path = save_config(d, cfg)
-    engine = open_store(d)
     with transaction(engine) as s:
         log_event(s, "init", name=cfg.campaign.name, seed=seed, force=force)
     engine.dispose()

@@ -75,7 +75,7 @@ def campaign_lock(campaign_dir: Path, engine=None, key: str = ""):
     """Yield True with the campaign's poll lock held, False (at once) if another pass holds it."""
     path = Path(campaign_dir) / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    conn = None
+    conn, k = None, None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,18 +83,27 @@ def campaign_lock(campaign_dir: Path, engine=None, key: str = ""):
             yield False
             return
         if engine is not None and engine.dialect.name == "postgresql":
-            k = int.from_bytes(uuid.uuid5(uuid.NAMESPACE_URL, "labelprop-poll:" + key).bytes[:8], "big",
-                               signed=True)
+            # a session-level advisory lock: it guards the store even when two machines poll the
+            # same campaign from two directories, and dies with the session if the process is killed
             conn = engine.connect()
-            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": k}).scalar():
+            lock_key = int.from_bytes(uuid.uuid5(uuid.NAMESPACE_URL, "labelprop-poll:" + key).bytes[:8],
+                                      "big", signed=True)
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key}).scalar()
+            conn.commit()
+            if not got:
                 yield False
                 return
+            k = lock_key
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield True
     finally:
         if conn is not None:
-            conn.close()      # ends the session: releases the advisory lock
+            if k is not None:
+                # the connection goes back to the pool, its session alive: unlock explicitly
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": k})
+                conn.commit()
+            conn.close()
         os.close(fd)          # releases the flock
 
 

@@ -49,12 +49,12 @@ def coco_with_iou(root: Path, **kw):
 def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str, assets_dir: Path, seed: int = 0,
                         n_images: int = 30, gold_images: int = 12, crowd: dict | None = None,
                         qualification: dict | None = None, search: dict | None = None,
-                        data_seed: int = 3, gold: bool = True) -> Path:
+                        data_seed: int = 3, gold: bool = True, db: str | None = None) -> Path:
     data = base / f"{name}-data"
     ds = coco_with_iou(data / "preds", n_images=n_images, n_categories=3, objects_per_image=(1, 3),
                        preds_per_object=3, seed=data_seed)
     camp = base / name
-    lp("init", camp, "--seed", seed, "--backend", "server")
+    lp("init", camp, "--seed", seed, "--backend", "server", *(["--db", db] if db else []))
     cfg = load_config(camp)
     cfg.crowd.endpoint_url = endpoint_url
     cfg.crowd.assets.local_dir = str(assets_dir)
@@ -85,25 +85,40 @@ class TruthPolicy:
         self.dirs = [Path(d) for d in dirs]
         self.lock = threading.Lock()
         self.calls = 0
+        self._engines: dict = {}
+
+    _ITEM = ("select m.iou, g.label from hit_item h left join mask m on m.id = h.mask_id "
+             "left join gold g on g.id = h.gold_id where h.identifier = ?")
+    _GOLD = "select label from gold where identifier = ?"
+
+    def _query(self, d: Path, sql: str, ident: str):
+        cfg = load_config(d)
+        if cfg.store.url.startswith("sqlite"):
+            con = sqlite3.connect(f"file:{d / 'campaign.db'}?mode=ro", uri=True, timeout=30)
+            try:
+                return con.execute(sql, (ident,)).fetchone()
+            finally:
+                con.close()
+        from sqlalchemy import create_engine, text    # another SQLAlchemy store (PostgreSQL)
+
+        if d not in self._engines:
+            self._engines[d] = create_engine(cfg.store.url)
+        with self._engines[d].connect() as con:
+            return con.execute(text(sql.replace("?", ":i")), {"i": ident}).fetchone()
 
     def _truth(self, ident: str):
         for d in self.dirs:
             kiou = load_config(d).search.kiou
-            con = sqlite3.connect(f"file:{d / 'campaign.db'}?mode=ro", uri=True, timeout=30)
-            try:
-                row = con.execute("select m.iou, g.label from hit_item h left join mask m on m.id = h.mask_id "
-                                  "left join gold g on g.id = h.gold_id where h.identifier = ?", (ident,)).fetchone()
-                if row is None:
-                    row2 = con.execute("select label from gold where identifier = ?", (ident,)).fetchone()
-                    if row2 is not None:
-                        return "yes" if row2[0] else "no"
-                    continue
-                iou, label = row
-                if label is not None:
-                    return "yes" if label else "no"
-                return "yes" if iou >= kiou else "no"
-            finally:
-                con.close()
+            row = self._query(d, self._ITEM, ident)
+            if row is None:
+                row2 = self._query(d, self._GOLD, ident)
+                if row2 is not None:
+                    return "yes" if row2[0] else "no"
+                continue
+            iou, label = row
+            if label is not None:
+                return "yes" if label else "no"
+            return "yes" if iou >= kiou else "no"
         return None
 
     def __call__(self, task):

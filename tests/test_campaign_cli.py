@@ -93,6 +93,23 @@ def test_init_refuses_overwrite_unless_force(tmp_path):
     assert r.code == 0 and load_config(d).campaign.name == "second"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "bogus"], "crowd.backend must be one of"),
+    (["--db", "postgresql+nosuchdriver://u@127.0.0.1:1/x"], "cannot open store"),
+    (["--db", "sqlite:////nonexistent-dir/x/store.db"], "cannot open store"),
+])
+def test_init_with_a_bad_option_writes_nothing(tmp_path, args, message):
+    d = tmp_path / "new"
+    r = run_cli("init", d, *args)
+    assert r.code == 2 and message in r.err and "\n" not in r.err.strip()
+    assert not d.exists()                  # not even an empty directory, nor a store without config
+    e = tmp_path / "existing"
+    e.mkdir()
+    (e / "notes.txt").write_text("mine")
+    assert run_cli("init", e, *args).code == 2
+    assert sorted(p.name for p in e.iterdir()) == ["notes.txt"]
+
+
 def test_help_has_examples():
     for cmd in ("init", "ingest", "cluster", "export", "status"):
         r = run_cli(cmd, "--help")

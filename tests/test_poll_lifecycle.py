@@ -238,6 +238,97 @@ def test_hit_that_expires_unanswered_is_reposted_and_the_campaign_then_finishes(
     assert wrong == []
 
 
+def test_hit_that_expires_past_max_reposts_is_abandoned_and_its_questions_asked_again(crowd):
+    srv, base, assets, clock = crowd
+    camp = make_crowd_campaign(base, "abandon", endpoint_url=srv.endpoint_url, assets_dir=assets,
+                               **_config(assignments=1, in_flight=2, max_reposts=1))
+    mturk = srv.client()
+    balance0 = float(mturk.get_account_balance()["AvailableBalance"])
+    first = _poll(camp, mturk)
+    con = _db(camp)
+    intents0 = dict(con.execute("select id, hit_id from hit_intent where status = 'created'").fetchall())
+    masks0 = sorted(m for (m,) in con.execute(
+        "select q.mask_id from question q join hit_item it on it.question_id = q.id where it.intent_id in (%s)"
+        % ",".join("?" * len(intents0)), list(intents0)))
+    con.close()
+    assert len(intents0) == 2 and masks0
+    clock.advance(LIFETIME + 1)
+    assert _poll(camp, mturk)["pass"].get("hits_reposted") == 2           # attempt 1 = max_reposts
+    clock.advance(LIFETIME + 1)
+    out = _poll(camp, mturk)                 # expired again: abandoned, questions back to the search
+    assert out["pass"].get("hits_reposted", 0) == 0
+    con = _db(camp)
+    st = dict(con.execute("select id, status from hit_intent where id in (%s)" % ",".join("?" * len(intents0)),
+                          list(intents0)).fetchall())
+    assert set(st.values()) == {"abandoned"}, st
+    assert con.execute("select count(*) from event where kind = 'hit_abandoned'").fetchone()[0] == 2
+    released = {m for (m,) in con.execute("select mask_id from question where status = 'discarded'")}
+    assert set(masks0) <= released          # given back to the search, which samples its nodes again
+    # the masks are asked again in new HITs, whose reservations replace the abandoned ones
+    new = dict(con.execute("select id, hit_id from hit_intent where status = 'created'").fetchall())
+    con.close()
+    assert new and not set(new) & set(intents0)
+    assert out["committed_usd"] == pytest.approx(first["committed_usd"])
+    srv.simulate("w1:accuracy=1,seed=1,tests=false;w2:accuracy=1,seed=2,tests=false", TruthPolicy(camp),
+                 poll_interval=0.05)
+    final, _ = _poll_until_finished(camp, mturk)
+    _assert_answered_once_and_paid(camp, final, mturk, balance0, 1)
+    con = _db(camp)
+    # nothing was paid for the abandoned HITs: every approved assignment belongs to a later HIT
+    assert con.execute("select count(*) from crowd_assignment where intent_id in (%s)"
+                       % ",".join("?" * len(intents0)), list(intents0)).fetchone()[0] == 0
+    hits = [h for (h,) in con.execute("select hit_id from crowd_hit where intent_id in (%s)"
+                                       % ",".join("?" * len(intents0)), list(intents0))]
+    con.close()
+    assert len(hits) == 4                    # two intents, two attempts each, all disposed on the platform
+    assert {mturk.get_hit(HITId=h)["HIT"]["HITStatus"] for h in hits} == {"Disposed"}
+
+
+def test_held_answers_of_a_worker_on_probation_expire_and_are_asked_again(crowd):
+    srv, base, assets, clock = crowd
+    camp = make_crowd_campaign(base, "hold", endpoint_url=srv.endpoint_url, assets_dir=assets,
+                               **_config(assignments=1, in_flight=2, gold_min_accuracy=0.5))
+    from orchestrator.config import load_config, save_config
+
+    cfg = load_config(camp)
+    cfg.crowd.qualification.min_gold_answers = 4        # two HITs of gold before answers count
+    cfg.crowd.qualification.hold_seconds = 2
+    cfg.crowd.ordered = False       # the one HIT answered is processed even if it is not the oldest
+    save_config(camp, cfg)
+    mturk = srv.client()
+    _poll(camp, mturk)
+    # a worker does one HIT and leaves: its answers wait on probation
+    pool = srv.simulate("once:accuracy=1,seed=3,tests=false,max_hits=1", TruthPolicy(camp), poll_interval=0.05)
+    _wait(lambda: _poll(camp, mturk) and _db(camp).execute("select count(*) from crowd_answer").fetchone()[0] > 0,
+          what="the one assignment processed")
+    pool.stop()
+    con = _db(camp)
+    held = con.execute("select question_id from crowd_answer where status = 'held'").fetchall()
+    assert held, "the worker's answers are held while on probation"
+    assert con.execute("select count(*) from answer").fetchone()[0] == 0
+    con.close()
+    time.sleep(2.5)                                     # past hold_seconds
+    _poll(camp, mturk)
+    con = _db(camp)
+    assert con.execute("select count(*) from crowd_answer where status = 'held'").fetchone()[0] == 0
+    assert con.execute("select count(*) from crowd_answer where status = 'discarded'").fetchone()[0] == len(held)
+    ev = con.execute("select payload from event where kind = 'holds_expired'").fetchall()
+    assert len(ev) == 1 and f'"count": {len(held)}' in ev[0][0]
+    rel = {q for (q,) in con.execute("select id from question where status = 'discarded'")}
+    assert {q for (q,) in held} <= rel
+    con.close()
+    # regular workers finish the campaign; nothing of the worker who left decides a node
+    srv.simulate("w1:accuracy=1,seed=1,tests=false;w2:accuracy=1,seed=2,tests=false", TruthPolicy(camp),
+                 poll_interval=0.05)
+    _poll_until_finished(camp, mturk)
+    con = _db(camp)
+    once = {w for (w,) in con.execute("select distinct worker_id from crowd_answer where status = 'discarded'")}
+    assert len(once) == 1
+    assert con.execute("select count(*) from crowd_answer where worker_id = ? and status in ('held', 'recorded')",
+                       (once.pop(),)).fetchone()[0] == 0
+    con.close()
+
+
 def test_hit_that_expires_with_a_submitted_assignment_is_processed_not_reposted(crowd):
     srv, base, assets, clock = crowd
     camp = make_crowd_campaign(base, "partial", endpoint_url=srv.endpoint_url, assets_dir=assets,
