@@ -36,6 +36,25 @@ COMMAND_MODULES = [
     "orchestrator.crowd_server.cli",
 ]
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("labelprop")
+        except PackageNotFoundError:        # running from a source tree that is not installed
+            v = "unknown (not installed)"
+        typer.echo(f"labelprop {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print labelprop's version and exit.")) -> None:
+    pass
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 

@@ -53,8 +53,10 @@ Examples:
   labelprop gold runs/c1 --from-masks 200
 """
 
-REPORT_HELP = """Write an HTML report of a crowd campaign: accepted masks and quality against spend,
-cluster decisions, and the worker table (gold accuracy, seconds per question, blocks).
+REPORT_HELP = """Write an HTML report of a crowd campaign (plots and the worker table).
+
+The page shows accepted masks and their quality against spend, the cluster decisions, and the
+workers with their gold accuracy, seconds per question and blocks.
 
 Example:
 

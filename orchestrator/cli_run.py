@@ -172,7 +172,7 @@ def _progress_table(out: dict, passes: int):
 
 
 def run(
-    campaign: Path = typer.Argument(..., help="Campaign directory (from `labelprop init`)."),
+    campaign: Path = typer.Argument(..., metavar="DIR", help="Campaign directory (from `labelprop init`)."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL overriding the campaign's store."),
     error_rate: float = typer.Option(0.0, "--error-rate", help="simulated: probability that an answer is wrong."),
     questions_per_step: Optional[int] = typer.Option(None, "--questions-per-step",

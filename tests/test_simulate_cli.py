@@ -91,3 +91,14 @@ def test_demo_runs_a_campaign_and_prints_a_summary(tmp_path):
     foreign.mkdir()
     p = lp("demo", "--out", foreign, "--no-compare")
     assert p.returncode == 2 and "not made by `labelprop demo`" in p.stderr
+
+
+def test_console_script_prints_version_and_help():
+    import shutil
+    from importlib.metadata import version
+
+    exe = shutil.which("labelprop", path=str(Path(sys.executable).parent)) or "labelprop"
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"labelprop {version('labelprop')}"
+    r = subprocess.run([exe], capture_output=True, text=True)          # no command: the help
+    assert "Usage: labelprop" in r.stdout and "crowd-server" in r.stdout
