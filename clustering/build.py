@@ -126,21 +126,39 @@ def _two_level(x: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return Z
 
 
+def class_members(classes: np.ndarray, exclude: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """``{class id: mask ids}`` in class order, without the masks in ``exclude`` (ids); classes
+    left empty are dropped."""
+    classes = np.asarray(classes, dtype=np.int64)
+    keep = np.ones(classes.shape[0], bool)
+    if exclude is not None and len(exclude):
+        keep[np.asarray(exclude, np.int64)] = False
+    out = {}
+    for c in np.unique(classes):
+        idx = np.flatnonzero((classes == c) & keep)
+        if idx.shape[0]:
+            out[int(c)] = idx
+    return out
+
+
 def build_forest(features: np.ndarray, scores: np.ndarray, classes: np.ndarray,
                  params: ClusterParams = ClusterParams(),
-                 progress: Callable[[int, int], None] | None = None) -> Forest:
-    """One complete-linkage tree per class, joined into one Forest over all masks."""
-    classes = np.asarray(classes, dtype=np.int64)
+                 progress: Callable[[int, int], None] | None = None,
+                 exclude: np.ndarray | None = None) -> Forest:
+    """One complete-linkage tree per class, joined into one Forest over all masks.
+
+    Masks whose ids are in ``exclude`` (e.g. campaign masks used as gold questions) are in no
+    tree: their ``leaf_of_mask`` is -1, so the search never asks or accepts them.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     n = scores.shape[0]
     trees = []
-    uniq = np.unique(classes)
-    for i, c in enumerate(uniq):
-        idx = np.flatnonzero(classes == c)
+    members = class_members(classes, exclude)
+    for i, (c, idx) in enumerate(members.items()):
         x = embed(features[idx], scores[idx], params.score_weight)
         Z = class_linkage(x, params.exact_limit, params.seed)
         trees.append(Forest.from_linkage(Z, scores, mask_ids=idx, class_id=int(c), n_masks=n))
         del x, Z
         if progress:
-            progress(i + 1, uniq.shape[0])
+            progress(i + 1, len(members))
     return Forest.concat(trees)

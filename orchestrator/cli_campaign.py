@@ -70,25 +70,26 @@ def _linkage_job(features: np.ndarray, scores: np.ndarray, score_weight: float,
 
 
 def build_forest_parallel(features, scores, classes, params, jobs: int = 1,
-                          progress: Callable[[int, int, int], None] | None = None):
+                          progress: Callable[[int, int, int], None] | None = None,
+                          exclude: np.ndarray | None = None):
     """:func:`clustering.build.build_forest` with classes clustered in ``jobs`` processes.
 
     Gives the same forest as ``build_forest`` (same per-class linkage, same class order).
-    ``progress(done, total, class_id)`` is called as each class finishes.
+    ``progress(done, total, class_id)`` is called as each class finishes; masks in ``exclude``
+    are in no tree.
     """
-    from clustering.build import build_forest
+    from clustering.build import build_forest, class_members
     from clustering.tree import Forest
 
-    classes = np.asarray(classes, np.int64)
-    uniq = np.unique(classes)
+    idx = class_members(classes, exclude)
+    uniq = np.array(list(idx), np.int64)
     if jobs <= 1 or uniq.shape[0] <= 1:
         cb = (lambda i, t: progress(i, t, int(uniq[i - 1]))) if progress else None
-        return build_forest(features, scores, classes, params, progress=cb)
+        return build_forest(features, scores, classes, params, progress=cb, exclude=exclude)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     scores64 = np.asarray(scores, np.float64)
-    idx = {int(c): np.flatnonzero(classes == c) for c in uniq}
     Z: dict[int, np.ndarray] = {}
     # fork where available: workers only run numpy + fastcluster, and spawn would re-run an
     # unguarded __main__ script.  (`labelprop cluster` keeps its own process thread-free:
@@ -108,6 +109,17 @@ def build_forest_parallel(features, scores, classes, params, jobs: int = 1,
     trees = [Forest.from_linkage(Z[int(c)], scores64, mask_ids=idx[int(c)], class_id=int(c),
                                  n_masks=scores64.shape[0]) for c in uniq]
     return Forest.concat(trees)
+
+
+def gold_mask_ids(s) -> np.ndarray:
+    """Ids of the campaign masks that are gold questions (``labelprop gold --from-masks``): they
+    are held out of the trees, so the search never asks or accepts them."""
+    from sqlalchemy import select
+
+    from orchestrator.crowd_store import Gold
+
+    ids = s.execute(select(Gold.mask_id).where(Gold.mask_id.is_not(None)).distinct()).scalars().all()
+    return np.array(sorted(int(i) for i in ids), np.int64)
 
 
 def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | None = None,
@@ -141,9 +153,13 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
         features = load_array(s, campaign_dir, "features")
         scores = load_array(s, campaign_dir, "scores")
         classes = load_array(s, campaign_dir, "classes")
+        held_out = gold_mask_ids(s)
+    if held_out.shape[0] >= scores.shape[0]:
+        raise LabelpropError(f"{campaign_dir}: every mask is held out as gold (`labelprop gold "
+                             f"--from-masks`); nothing is left to cluster")
     params = ClusterParams(score_weight=float(sw), exact_limit=int(el), seed=cfg.campaign.seed)
     t0 = time.perf_counter()
-    forest = build_forest_parallel(features, scores, classes, params, jobs, progress)
+    forest = build_forest_parallel(features, scores, classes, params, jobs, progress, exclude=held_out)
     secs = time.perf_counter() - t0
     with transaction(engine) as s:
         n_nodes_now = count_rows(s, Node)
@@ -153,7 +169,8 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
         cleared = clear_search_state(s) if force else {}
         save_arrays_npz(s, campaign_dir, "forest", forest.to_npz_dict())
         summary = {"trees": int(forest.roots.shape[0]), "nodes": forest.n_nodes,
-                   "masks": forest.n_masks, "score_weight": float(sw), "exact_limit": int(el),
+                   "masks": forest.n_masks, "held_out_gold": int(held_out.shape[0]),
+                   "score_weight": float(sw), "exact_limit": int(el),
                    "jobs": jobs, "seconds": round(secs, 3),
                    "answers_kept": count_rows(s, Answer), **cleared}
         log_event(s, "cluster", **summary)
@@ -184,6 +201,7 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
             "kind": get_meta(s, "campaign.kind"), "masks": n_masks,
             "classes": count_rows(s, Category), "images": count_rows(s, Image),
             "masks_with_iou": count_rows(s, Mask, Mask.iou.is_not(None)),
+            "masks_held_out_as_gold": int(gold_mask_ids(s).shape[0]),
             "trees_built": s.get(ArrayFile, "forest") is not None,
         }
         by_state = dict(s.execute(select(Node.state, func.count()).group_by(Node.state)).all())
@@ -376,6 +394,8 @@ def status_cmd(
     t.add_column("value", justify="right")
     t.add_row("kind", str(st["kind"] or "-"))
     t.add_row("masks", str(st["masks"]))
+    if st["masks_held_out_as_gold"]:
+        t.add_row("  held out as gold", str(st["masks_held_out_as_gold"]))
     t.add_row("classes", str(st["classes"]))
     t.add_row("images", str(st["images"]))
     t.add_row("trees built", f"yes ({st['trees']} trees, {st['nodes']} nodes)"

@@ -5,9 +5,9 @@ Gold (``labelprop gold``): held-out masks with known answers, labelled yes iff t
 ``iou`` >= K_iou of the campaign.  Either predictions with an ``iou`` field (a COCO
 results JSON with RLE segmentations plus the images JSON and the image root: masks that
 are not in the campaign), or ``--from-masks N``: N campaign masks with a known IoU
-(ingested with an ``iou`` field); those stay in the search too, so a worker may meet one
-both as gold and as a real question -- their answers are then checked against the known
-label either way.  Known yes and known no are balanced (``--balance``).  The first gold
+(ingested with an ``iou`` field), held out of the search: they leave the trees (which are
+rebuilt at once if they were built), so they are never asked as real questions nor accepted.
+This is allowed until the search starts.  Known yes and known no are balanced (``--balance``).  The first gold
 added also fills the qualification test pool (``[crowd.qualification] questions`` items,
 half yes, half no); the rest is hidden in HITs.  Everything is drawn from the campaign seed.
 """
@@ -86,8 +86,8 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
 
     from orchestrator.config import load_config
     from orchestrator.crowd_store import Gold
-    from orchestrator.store import Category, Event, Image, Mask, bulk_insert, log_event, open_store, \
-        read_session, transaction, utcnow
+    from orchestrator.store import ArrayFile, Category, Event, Image, Mask, bulk_insert, log_event, \
+        open_store, read_session, transaction, utcnow
 
     d = Path(campaign_dir)
     cfg = load_config(d)
@@ -99,6 +99,7 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
             raise LabelpropError("gold: give --results ... or --from-masks N, not both")
         if from_masks < 1:
             raise LabelpropError(f"--from-masks must be at least 1, got {from_masks}")
+        _refuse_once_searching(engine, d)
         with read_session(engine) as s:
             ms = s.execute(select(Mask.id, Mask.iou, Mask.rle, Mask.bbox, Image.file_name, Category.name)
                            .join(Image, Image.id == Mask.image_id).join(Category, Category.id == Mask.category_id)
@@ -165,7 +166,15 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
     if not rows:
         raise LabelpropError("gold: nothing to add")
     q = cfg.crowd.qualification
+    recluster = False
     with transaction(engine) as s:
+        if from_masks is not None:
+            _refuse_once_searching(engine, d, s)
+            forest_row = s.get(ArrayFile, "forest")
+            if forest_row is not None:
+                # the trees hold the new gold masks: drop them in this transaction, rebuild after
+                s.delete(forest_row)
+                recluster = True
         n_test = int(s.execute(select(func.count()).select_from(Gold).where(Gold.pool == "test")).scalar_one())
         for r in rows:
             r.update(pool="hit", identifier=None, created_at=utcnow())
@@ -183,9 +192,31 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
         summary = {"added": len(rows), "yes": sum(r["label"] for r in rows),
                    "test": sum(r["pool"] == "test" for r in rows),
                    "hit": sum(r["pool"] == "hit" for r in rows)}
-        log_event(s, "gold_added", **summary)
+        log_event(s, "gold_added", **summary, trees_dropped=recluster)
     engine.dispose()
+    if recluster:
+        # killed here, the campaign simply has no trees: `labelprop cluster` (which any search
+        # command asks for) builds them without the gold masks
+        from orchestrator.cli_campaign import cluster_campaign
+
+        cluster_campaign(d, db)
+    summary["reclustered"] = recluster
     return summary
+
+
+def _refuse_once_searching(engine, d, s=None) -> None:
+    """Campaign masks can become gold only before the search has asked anything."""
+    from orchestrator.store import Node, Question, count_rows, read_session
+
+    def check(s):
+        if count_rows(s, Node) or count_rows(s, Question):
+            raise LabelpropError(f"{d}: the search has started; campaign masks can become gold only before it "
+                                 f"(use `labelprop gold --results ...` with held-out predictions instead)")
+
+    if s is not None:
+        return check(s)
+    with read_session(engine) as s2:
+        check(s2)
 
 
 # ------------------------------------------------------------------------------- commands
@@ -228,7 +259,8 @@ def gold_cmd(
                                            "carry an 'iou' field."),
     images: Optional[Path] = typer.Option(None, "--images", help="COCO images JSON for --results."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Directory of the image files."),
-    from_masks: Optional[int] = typer.Option(None, "--from-masks", help="Use N campaign masks with known IoU."),
+    from_masks: Optional[int] = typer.Option(None, "--from-masks", help="Use N campaign masks with known IoU, "
+                                             "held out of the search (only before it starts)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many from --results."),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="As many known yes as known no."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
@@ -236,7 +268,8 @@ def gold_cmd(
     out = add_gold(campaign_dir, results=results, images=images, image_root=image_root, from_masks=from_masks,
                    limit=limit, balance=balance, db=db)
     typer.echo(f"{campaign_dir}: added {out['added']} gold questions ({out['yes']} known yes; "
-               f"{out['test']} for the qualification test, {out['hit']} hidden in HITs)")
+               f"{out['test']} for the qualification test, {out['hit']} hidden in HITs)"
+               + ("; trees rebuilt without them" if out["reclustered"] else ""))
 
 
 def report_cmd(
