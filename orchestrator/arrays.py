@@ -1,9 +1,18 @@
 """Large arrays beside the store: ``.npy`` / ``.npz`` files written atomically and
 referenced from the ``ArrayFile`` table by path (relative to the campaign dir) and sha256.
 
-Write order: the file is written to a temporary name, fsynced and ``os.replace``d into
-place, then its ``ArrayFile`` row is written in the caller's transaction.  Readers check
-the sha256, so a file changed behind the store's back is reported, never used silently.
+Write order (a small redo journal, so a command killed at any line loses nothing):
+
+1. the new content is written atomically to a *staging* file ``<path>.new`` (temporary
+   name, fsync, ``os.replace``); the file the store references is not touched;
+2. its ``ArrayFile`` row (path, sha256) is written in the caller's transaction;
+3. after the commit the staging file is renamed over ``<path>``; on a rollback it is removed.
+
+Killed before the commit, the store and ``<path>`` still agree (the old version).  Killed
+between the commit and the rename, the row names content that is still in ``<path>.new``:
+the next reader finds that out from the sha256 and finishes the rename (roll forward).
+Readers check the sha256, so a file changed behind the store's back is reported, never
+used silently.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import event
 from sqlmodel import Session
 
 from orchestrator.atomic import atomic_open
@@ -96,21 +106,49 @@ def register_array(session: Session, name: str, rel_path: str, sha256: str, shap
     session.flush()
 
 
+def _staging(path: Path) -> Path:
+    return path.with_name(path.name + ".new")
+
+
+def _publish_after_commit(session: Session, path: Path) -> None:
+    """Rename ``path``'s staging file into place once ``session`` commits; drop it on rollback."""
+    staged = _staging(path)
+
+    def commit(_session):
+        try:
+            os.replace(staged, path)
+        except FileNotFoundError:       # a reader rolled it forward first
+            pass
+
+    def rollback(_session):
+        try:
+            staged.unlink()
+        except FileNotFoundError:
+            pass
+
+    event.listen(session, "after_commit", commit, once=True)
+    event.listen(session, "after_rollback", rollback, once=True)
+
+
 def save_array(session: Session, campaign_dir: str | os.PathLike, name: str,
                array: np.ndarray, rel_path: str | None = None) -> str:
-    """Write ``DIR/<name>.npy`` atomically and register it; returns sha256."""
+    """Stage ``DIR/<name>.npy`` and register it (in place after the commit); returns sha256."""
     rel = rel_path or f"{name}.npy"
-    digest = atomic_save_npy(Path(campaign_dir) / rel, array)
+    path = Path(campaign_dir) / rel
+    digest = atomic_save_npy(_staging(path), array)
     register_array(session, name, rel, digest, np.shape(array), np.asarray(array).dtype)
+    _publish_after_commit(session, path)
     return digest
 
 
 def save_arrays_npz(session: Session, campaign_dir: str | os.PathLike, name: str,
                     arrays: dict[str, np.ndarray], rel_path: str | None = None) -> str:
-    """Write ``DIR/<name>.npz`` atomically and register it (shape: [number of arrays])."""
+    """Stage ``DIR/<name>.npz`` and register it (shape: [number of arrays]); in place after the commit."""
     rel = rel_path or f"{name}.npz"
-    digest = atomic_save_npz(Path(campaign_dir) / rel, arrays)
+    path = Path(campaign_dir) / rel
+    digest = atomic_save_npz(_staging(path), arrays)
     register_array(session, name, rel, digest, [len(arrays)], "npz")
+    _publish_after_commit(session, path)
     return digest
 
 
@@ -123,6 +161,14 @@ def _checked_path(session: Session, campaign_dir, name: str, verify: bool) -> Pa
     if row is None:
         raise LabelpropError(f"{campaign_dir}: the campaign has no {name!r} array yet")
     path = Path(campaign_dir) / row.path
+    staged = _staging(path)
+    if staged.is_file() and (not path.is_file() or sha256_file(path) != row.sha256):
+        # a writer committed and was killed before renaming its staging file: finish it
+        try:
+            if sha256_file(staged) == row.sha256:
+                os.replace(staged, path)
+        except FileNotFoundError:       # another reader (or the writer) renamed it meanwhile
+            pass
     if not path.is_file():
         raise LabelpropError(f"{path}: missing (the store references it as {name!r})")
     if verify:

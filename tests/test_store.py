@@ -169,6 +169,55 @@ def test_arrays_atomic_checksummed(tmp_path, engine):
             load_array(s, tmp_path, "features")
 
 
+def test_replacing_an_array_is_journaled_rollback_keeps_the_old_version(tmp_path, engine):
+    a = np.arange(6, dtype=np.int64)
+    with transaction(engine) as s:
+        save_array(s, tmp_path, "features", a)
+    assert sorted(p.name for p in tmp_path.iterdir() if "features" in p.name) == ["features.npy"]
+    with pytest.raises(RuntimeError):
+        with transaction(engine) as s:
+            save_array(s, tmp_path, "features", a * 10)
+            save_arrays_npz(s, tmp_path, "forest", {"x": a})
+            raise RuntimeError("killed before the commit")
+    # the file the store references was never touched, and the staged files are gone
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".npy", ".npz", ".new")) == ["features.npy"]
+    with read_session(engine) as s:
+        np.testing.assert_array_equal(load_array(s, tmp_path, "features"), a)
+        assert s.get(ArrayFile, "forest") is None
+
+
+_KILL_AFTER_COMMIT = """
+import os, signal, sys
+import numpy as np
+from sqlalchemy import event
+from orchestrator.arrays import save_array
+from orchestrator.store import open_store, transaction
+d = sys.argv[1]
+with transaction(open_store(d)) as s:
+    # runs before the rename listener save_array adds: SIGKILL between the commit and the rename
+    event.listen(s, "after_commit", lambda _s: os.kill(os.getpid(), signal.SIGKILL))
+    save_array(s, d, "features", np.arange(6, dtype=np.int64) * 10)
+"""
+
+
+def test_a_writer_killed_between_commit_and_rename_is_rolled_forward_by_the_next_reader(tmp_path, engine):
+    import subprocess
+    import sys
+
+    a = np.arange(6, dtype=np.int64)
+    with transaction(engine) as s:
+        save_array(s, tmp_path, "features", a)
+    p = subprocess.run([sys.executable, "-c", _KILL_AFTER_COMMIT, str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr
+    assert (tmp_path / "features.npy.new").is_file()              # committed, not yet in place
+    np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), a)
+    with read_session(engine) as s:
+        # even a reader that skips the checksum gets the committed version
+        np.testing.assert_array_equal(load_array(s, tmp_path, "features", verify=False), a * 10)
+        assert s.get(ArrayFile, "features").sha256 == sha256_file(tmp_path / "features.npy")
+    assert not (tmp_path / "features.npy.new").exists()
+
+
 def test_bad_url_is_one_line_error(tmp_path):
     with pytest.raises(LabelpropError, match="cannot open store") as e:
         open_store(tmp_path, "nosuchdialect://x/y")
