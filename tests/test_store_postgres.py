@@ -98,9 +98,11 @@ def test_run_on_postgres_killed_at_random_points_gives_the_uninterrupted_result(
     ref_wall = time.monotonic() - t0
     url = pg.create_database("lp_kill")
     camp = _sim_campaign(tmp_path, "crash", triplets, db=url)
-    t0 = time.monotonic()
-    lp("status", camp, "--json")
-    startup = time.monotonic() - t0           # imports + connecting: kills land after it
+    startup = float("inf")                    # imports + connecting: kills land after it
+    for _ in range(3):                        # the fastest of three: a load spike must not inflate it
+        t0 = time.monotonic()
+        lp("status", camp, "--json")
+        startup = min(startup, time.monotonic() - t0)
     work = max(ref_wall - startup, 0.5) * 1.5     # PostgreSQL round trips are slower than SQLite's
     rng = random.Random(5)
     kills = 0
