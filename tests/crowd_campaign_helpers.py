@@ -34,6 +34,16 @@ def lp(*args, check=True, env=None, timeout=600, **kw):
     return p
 
 
+def crowd_server_in(base: Path, **kw):
+    """The bundled crowd server (a subprocess, data in BASE/crowd) serving BASE/assets at
+    /assets/, where campaigns publish their overlays: returns ``(server, assets_dir)``."""
+    from orchestrator.crowd_server.testing import start_server
+
+    assets = Path(base) / "assets"
+    assets.mkdir(exist_ok=True)
+    return start_server(Path(base) / "crowd", assets_dir=assets, **kw), assets
+
+
 def coco_with_iou(root: Path, **kw):
     """A synthetic COCO set whose results JSON carries each prediction's true IoU."""
     sys.path.insert(0, str(ROOT / "tests"))

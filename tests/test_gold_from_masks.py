@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import TruthPolicy, lp, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import TruthPolicy, crowd_server_in, lp, make_crowd_campaign  # noqa: E402
 
 from orchestrator.arrays import load_forest  # noqa: E402
-from orchestrator.crowd_server.testing import start_server  # noqa: E402
 from orchestrator.store import open_store, read_session  # noqa: E402
 
 N_GOLD = 12
@@ -27,9 +26,7 @@ N_GOLD = 12
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("goldmasks")
-    assets = base / "assets"
-    assets.mkdir()
-    srv = start_server(base / "crowd", assets_dir=assets)
+    srv, assets = crowd_server_in(base)
     try:
         camp = make_crowd_campaign(
             base, "camp", endpoint_url=srv.endpoint_url, assets_dir=assets, seed=4, n_images=40, data_seed=8,

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, lp, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
+                                    make_crowd_campaign)
 
-from orchestrator.crowd_server.testing import start_server  # noqa: E402
 
 SMALL = dict(n_images=40, gold_images=8, data_seed=5,
              # one HIT in flight: the campaign runs through ~27 post/answer/poll cycles, so the
@@ -34,9 +34,7 @@ SMALL = dict(n_images=40, gold_images=8, data_seed=5,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("crash")
-    assets = base / "assets"
-    assets.mkdir()
-    srv = start_server(base / "crowd", assets_dir=assets)
+    srv, assets = crowd_server_in(base)
     yield srv, base, assets
     srv.stop()
 

@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import TruthPolicy, lp, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import TruthPolicy, crowd_server_in, lp, make_crowd_campaign  # noqa: E402
 
-from orchestrator.crowd_server.testing import start_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def campaign_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
-    assets = base / "assets"
-    assets.mkdir()
-    srv = start_server(base / "crowd", assets_dir=assets)
+    srv, assets = crowd_server_in(base)
     try:
         camp = make_crowd_campaign(
             base, "camp", endpoint_url=srv.endpoint_url, assets_dir=assets, seed=11, n_images=60, gold_images=16,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, lp, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
+                                    make_crowd_campaign)
 
 from orchestrator.crowd_server.simulated_workers import WorkerSession, describe_html  # noqa: E402
-from orchestrator.crowd_server.testing import start_server  # noqa: E402
 from orchestrator.crowd_server.xml_formats import parse_question  # noqa: E402
 
 SMALL = dict(n_images=10, gold_images=8, data_seed=9,
@@ -27,9 +27,7 @@ SMALL = dict(n_images=10, gold_images=8, data_seed=9,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("inputs")
-    assets = base / "assets"
-    assets.mkdir()
-    srv = start_server(base / "crowd", assets_dir=assets)
+    srv, assets = crowd_server_in(base)
     yield srv, base, assets
     srv.stop()
 

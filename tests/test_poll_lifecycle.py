@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import TruthPolicy, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import TruthPolicy, crowd_server_in, make_crowd_campaign  # noqa: E402
 
 from orchestrator.cost import assignment_cost  # noqa: E402
-from orchestrator.crowd_server.testing import start_server  # noqa: E402
 from orchestrator.poll import poll_once  # noqa: E402
 
 LIFETIME = 600
@@ -61,11 +60,8 @@ class Clock:
 
 @pytest.fixture
 def crowd(tmp_path):
-    assets = tmp_path / "assets"
-    assets.mkdir()
     clock = Clock(tmp_path / "clock-offset")
-    srv = start_server(tmp_path / "crowd", assets_dir=assets,
-                       env={**os.environ, "LABELPROP_CROWD_CLOCK_OFFSET_FILE": str(clock.path)})
+    srv, assets = crowd_server_in(tmp_path, env={**os.environ, "LABELPROP_CROWD_CLOCK_OFFSET_FILE": str(clock.path)})
     try:
         yield srv, tmp_path, assets, clock
     finally:

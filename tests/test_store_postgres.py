@@ -21,11 +21,11 @@ import pytest
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, lp, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
+                                    make_crowd_campaign)
 from pg_server import start_postgres  # noqa: E402
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.crowd_server.testing import start_server  # noqa: E402
 from orchestrator.poll import campaign_lock  # noqa: E402
 from orchestrator.synth import make_triplets  # noqa: E402
 from orchestrator.triplets import save_triplets  # noqa: E402
@@ -154,9 +154,7 @@ def test_poll_lock_excludes_a_second_directory_sharing_the_store(tmp_path, pg):
 
 @pytest.mark.slow
 def test_crowd_campaign_polled_on_postgres_matches_sqlite(tmp_path, pg):
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    srv = start_server(tmp_path / "crowd", assets_dir=assets)
+    srv, assets = crowd_server_in(tmp_path)
     small = dict(n_images=30, gold_images=8, data_seed=5,
                  crowd={"questions_per_hit": 6, "gold_per_hit": 2, "max_hits_in_flight": 4},
                  qualification={"enabled": False, "min_gold_answers": 2, "min_percent_approved": 0},
