@@ -173,8 +173,13 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
             forest_row = s.get(ArrayFile, "forest")
             if forest_row is not None:
                 # the trees hold the new gold masks: drop them in this transaction, rebuild after
+                # with the parameters they were built with
                 s.delete(forest_row)
                 recluster = True
+                last = s.execute(select(Event.payload).where(Event.kind == "cluster").order_by(Event.id.desc())
+                                 .limit(1)).scalar()
+                built_with = {k: v for k, v in json.loads(last or "{}").items()
+                              if k in ("score_weight", "exact_limit", "jobs")}
         n_test = int(s.execute(select(func.count()).select_from(Gold).where(Gold.pool == "test")).scalar_one())
         for r in rows:
             r.update(pool="hit", identifier=None, created_at=utcnow())
@@ -199,7 +204,7 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
         # command asks for) builds them without the gold masks
         from orchestrator.cli_campaign import cluster_campaign
 
-        cluster_campaign(d, db)
+        cluster_campaign(d, db, **built_with)
     summary["reclustered"] = recluster
     return summary
 

@@ -113,3 +113,27 @@ def test_from_masks_needs_masks_with_a_known_iou_and_an_image(tmp_path):
     r = lp("gold", camp, "--from-masks", 5, check=False)
     assert r.returncode == 2 and "no campaign masks with a known IoU and an image" in r.stderr
     assert "\n" not in r.stderr.strip()
+
+
+def test_trees_are_rebuilt_with_the_parameters_they_were_built_with(tmp_path):
+    from clustering.build import ClusterParams, build_forest
+    from orchestrator.arrays import load_array
+    from orchestrator.config import load_config
+
+    (tmp_path / "assets").mkdir()
+    camp = make_crowd_campaign(tmp_path, "c", endpoint_url="http://127.0.0.1:9", assets_dir=tmp_path / "assets",
+                               n_images=12, data_seed=3, gold=False)
+    lp("cluster", camp, "--score-weight", "1.5")
+    lp("gold", camp, "--from-masks", 6)
+    ids = np.array(sorted(m for m, *_ in _gold_masks(camp)))
+    eng = open_store(camp)
+    with read_session(eng) as s:
+        x = {k: load_array(s, camp, k) for k in ("features", "scores", "classes")}
+    eng.dispose()
+    cfg = load_config(camp)
+    want = build_forest(x["features"], x["scores"], x["classes"],
+                        ClusterParams(score_weight=1.5, exact_limit=cfg.clustering.exact_limit, seed=cfg.campaign.seed),
+                        exclude=ids)
+    got = _forest(camp)
+    for k in ("order", "left", "right", "leaf_of_mask"):
+        np.testing.assert_array_equal(getattr(got, k), getattr(want, k))
