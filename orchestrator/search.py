@@ -20,31 +20,46 @@ is determined whatever the remaining answers are.
 
 Every sampling round of node ``j`` draws from ``numpy.random.default_rng((seed, j,
 round))``, so a search restored from its saved state asks exactly what an
-uninterrupted one would have asked.  Strategies only change the queue's order:
+uninterrupted one would have asked.
+
+Strategies only change the queue's order (:data:`ORDERS`, one class per strategy):
 
 * ``heuristic``: highest cluster score S first (the paper's choice);
 * ``bfs``: first in, first out;
 * ``dfs``: last in, first out, children in random order;
-* ``dfs-heuristic``: last in, first out, the child with the higher S first.
+* ``dfs-heuristic``: last in, first out, the child with the higher S first;
+* ``value``: most expected accepted masks per question first (beyond the paper, see
+  :class:`ValueOrder`); ``value-simple`` is the same without the look-ahead.
+
+Two rules beyond the paper's text are named choices (:class:`SearchParams`):
+
+* ``leaf_rule``: a single-mask leaf with ``K_pr < S <= K_pa`` is dropped (``"drop"``, the
+  paper's rule read literally: it is split, and a leaf has no children) or asked like any
+  other node (``"ask"``, what the authors' code does);
+* ``acceptance``: ``"fixed"`` is the paper's rule (accept at Q >= K_a over N_s answers);
+  ``"size-aware"`` also requires a sequential likelihood-ratio test whose error budget
+  shrinks with the node's size (:func:`judge`), so that one lucky sample cannot label tens
+  of thousands of masks.
 """
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
+from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
+from heapq import heapify, heappop, heappush, heappushpop
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from clustering.tree import Forest
+from orchestrator.calibration import AcceptanceCurve
 from orchestrator.errors import LabelpropError, check_unit_interval
 
-__all__ = ["NodeState", "SearchParams", "Ask", "Decision", "Search", "decide",
-           "TREE_STRATEGIES", "STRATEGIES"]
-
-TREE_STRATEGIES = ("heuristic", "bfs", "dfs", "dfs-heuristic")
-STRATEGIES = TREE_STRATEGIES + ("universal-threshold", "naive", "lsun")
+__all__ = ["NodeState", "SearchParams", "Ask", "Decision", "Search", "decide", "judge",
+           "ORDERS", "TREE_STRATEGIES", "BASELINES", "STRATEGIES", "LEAF_RULES", "ACCEPTANCE_RULES",
+           "ValueOrder"]
 
 
 class NodeState(IntEnum):
@@ -63,11 +78,21 @@ FINAL = (NodeState.ACCEPTED, NodeState.REJECTED, NodeState.SPLIT,
 # plain ints for the hot loops (IntEnum attribute access is slow)
 _UNSEEN, _QUEUED, _ASKING = 0, 1, 2
 _ACCEPTED, _REJECTED, _SPLIT, _AUTO_REJECTED, _AUTO_SPLIT = 3, 4, 5, 6, 7
+_ENUM = tuple(NodeState)
+_tuple_new = tuple.__new__
+
+LEAF_RULES = ("drop", "ask")
+ACCEPTANCE_RULES = ("fixed", "size-aware")
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Search parameters; defaults are the paper's (Sec. 5.2) with K_pr = 0."""
+    """Search parameters; defaults are the paper's (Sec. 5.2) with K_pr = 0.
+
+    ``leaf_rule``, ``acceptance`` (with ``risk_masks``, ``bad_margin``, ``max_answers``) and
+    ``curve`` (P_h / P_l for the ``value`` strategies) go beyond the paper; see the module
+    docstring and :func:`judge`.
+    """
 
     ns: int = 15
     ka: float = 0.85
@@ -79,6 +104,12 @@ class SearchParams:
     oracle: bool = False    # Q is the true cluster quality (paper Sec. 5.1), no questions
     seed: int = 0
     quotas: tuple = ()      # ((class_id, masks wanted), ...): stop searching a class once met
+    leaf_rule: str = "drop"     # single-mask leaf with K_pr < S <= K_pa: "drop" or "ask"
+    acceptance: str = "fixed"   # "fixed" (the paper) or "size-aware"
+    risk_masks: float = 15.0    # size-aware: a node of n masks is wrongly accepted w.p. <= risk_masks / n
+    bad_margin: float = 0.1     # size-aware: "bad" quality is K_a - bad_margin
+    max_answers: int = 0        # size-aware: most answers one node collects (0: 10 N_s)
+    curve: AcceptanceCurve | None = None   # value strategies: P_h(S), P_l(S) (None: fallback ramp)
 
     def __post_init__(self) -> None:
         for name in ("ka", "kiou", "kpa", "kpr"):
@@ -92,9 +123,34 @@ class SearchParams:
         for c, q in self.quotas:
             if int(q) < 0:
                 raise LabelpropError(f"quota for class {c} must be >= 0, got {q}")
-        if self.strategy not in TREE_STRATEGIES:
+        if self.strategy not in ORDERS:
             raise LabelpropError(
                 f"unknown tree-search strategy {self.strategy!r}; choose one of {', '.join(TREE_STRATEGIES)}")
+        if self.leaf_rule not in LEAF_RULES:
+            raise LabelpropError(f"--leaf-rule must be one of {', '.join(LEAF_RULES)}, got {self.leaf_rule!r}")
+        if self.acceptance not in ACCEPTANCE_RULES:
+            raise LabelpropError(
+                f"--acceptance must be one of {', '.join(ACCEPTANCE_RULES)}, got {self.acceptance!r}")
+        if not (self.risk_masks > 0 and math.isfinite(self.risk_masks)):
+            raise LabelpropError(f"--risk-masks must be a positive number, got {self.risk_masks!r}")
+        if not (0.0 < self.bad_margin < self.ka) or not math.isfinite(self.bad_margin):
+            raise LabelpropError(f"--bad-margin must be in (0, K_a), got {self.bad_margin!r}")
+        if self.max_answers < 0:
+            raise LabelpropError(f"--max-answers must be 0 (10 N_s) or positive, got {self.max_answers}")
+        if self.acceptance == "size-aware" and self.ka >= 1.0:
+            raise LabelpropError("size-aware acceptance needs K_a < 1")
+
+    # the size-aware test's constants (see judge)
+    @property
+    def test_qualities(self) -> tuple[float, float]:
+        """(q0, q1): the sequential test weighs "Q = q1" (good) against "Q = q0" (bad)."""
+        q0 = self.ka - self.bad_margin
+        q1 = self.ka + (1.0 - self.ka) / 3.0
+        return q0, q1
+
+    @property
+    def answer_cap(self) -> int:
+        return self.max_answers if self.max_answers > 0 else 10 * self.ns
 
 
 def decide(q: float, ka: float) -> NodeState:
@@ -110,6 +166,75 @@ def _decide_code(q: float, ka: float) -> int:
     return _SPLIT
 
 
+class _Rule:
+    """:func:`judge` with its constants precomputed (one per search)."""
+
+    __slots__ = ("ns", "ka", "chunk", "size_aware", "risk", "l1", "l0", "cap")
+
+    def __init__(self, p: SearchParams) -> None:
+        self.ns, self.ka, self.chunk = p.ns, p.ka, p.chunk
+        self.size_aware = p.acceptance == "size-aware"
+        q0, q1 = p.test_qualities
+        self.l1 = math.log(q1 / q0)                     # log-likelihood ratio of a yes
+        self.l0 = math.log((1.0 - q1) / (1.0 - q0))     # ... and of a no (negative)
+        self.risk = float(p.risk_masks)
+        self.cap = p.answer_cap
+
+    def __call__(self, n: int, a: int, y: int, p: int) -> tuple[int, int]:
+        ns, ka, chunk = self.ns, self.ka, self.chunk
+        T = ns if ns < n else n
+        if a > 0 and (a >= T or (chunk > 0 and _decide_code(y / T, ka) == _decide_code((y + T - a) / T, ka))):
+            # without sequential sampling a node waits for all N_s answers; with it, it stops
+            # as soon as the decision at N_s answers can no longer change
+            c = _decide_code(y / a, ka)
+            if c != _ACCEPTED or not self.size_aware or a >= n or n <= self.risk:
+                return c, 0
+            llr = y * self.l1 + (a - y) * self.l0
+            bound = math.log(n / self.risk)
+            if llr >= bound - 1e-9:
+                return _ACCEPTED, 0
+            if a >= self.cap:
+                return _SPLIT, 0
+            # the fewest yes answers that could still reach the bound, counting those out
+            k = math.ceil((bound - llr) / self.l1 - 1e-9)
+            need = min(k, n - a, self.cap - a, ns) - p
+            if chunk > 0:
+                need = min(need, chunk - p)
+            return 0, (need if need > 0 else 0)
+        need = T - a - p
+        if chunk > 0:
+            need = min(need, chunk - p)
+        return 0, need
+
+
+def judge(n: int, a: int, y: int, p: int, params: SearchParams) -> tuple[NodeState | None, int]:
+    """The decision rule for a node of ``n`` masks with ``a`` answers (``y`` yes) and ``p``
+    questions outstanding inside it.
+
+    Returns ``(state, 0)`` when the node is decided (ACCEPTED, REJECTED or SPLIT), else
+    ``(None, need)``: the questions it should post now (0: wait for those outstanding).
+
+    *Fixed* (the paper): with ``T = min(N_s, n)`` answers, Q = y / a decides (accept at
+    Q >= K_a, reject at Q <= 1 - K_a, else split); all answers inside the node count, so
+    ``a`` may exceed T.  With ``chunk = K`` at most K are outstanding at once and the node
+    is decided as soon as the decision at T answers can no longer change.
+
+    *Size-aware*: a node the fixed rule would accept, with more than ``risk_masks`` masks
+    and not every mask answered, is accepted only when the log-likelihood ratio of
+    "Q = q1" against "Q = q0" (``params.test_qualities``: q0 = K_a - bad_margin, q1 between
+    K_a and 1), ``llr = y log(q1/q0) + (a - y) log((1-q1)/(1-q0))``, reaches
+    ``log(n / risk_masks)``.  By Ville's inequality the likelihood ratio of a node whose true
+    quality is at most q0 ever reaches ``n / risk_masks`` with probability at most
+    ``risk_masks / n``, however long the node is asked and whatever stops it: the expected
+    number of masks labelled yes by a wrong accept is at most ``risk_masks`` per node, for
+    nodes of any size.  Until then the node asks the fewest questions that could reach the
+    bound (at most N_s, or ``chunk``, outstanding at once); if Q dips below K_a it is
+    rejected or split as usual, and at ``max_answers`` answers (default 10 N_s) it is split.
+    """
+    code, need = _Rule(params)(int(n), int(a), int(y), int(p))
+    return (NodeState(code) if code else None), need
+
+
 @dataclass(frozen=True)
 class Ask:
     """Questions to post: masks of ``node`` sampled in sampling round ``round``."""
@@ -119,59 +244,292 @@ class Ask:
     round: int
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     node: int
     state: NodeState
     q: float            # estimated quality (nan for auto decisions)
     n_answered: int
 
 
-class _Fenwick:
-    """Counts over leaf positions with O(log n) update and prefix query."""
+class _Counts:
+    """Answered, yes and pending masks over any range of leaf positions.
 
-    __slots__ = ("n", "t")
+    Each position's state is one byte (0 free, 1 answered no, 2 answered yes, 3 pending).
+    Above it sit levels of block totals, 64 entries of one level per entry of the next, each
+    packed into one int (``answered + yes << W + pending << 2W``).  A range count reads at
+    most 2 x 63 entries per level through C-level slices (``bytearray.count``, ``sum`` of a
+    list slice), O(log_64 n) Python steps; an update touches one entry per level.
+    """
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.t = [0] * (n + 1)
+    __slots__ = ("state", "levels", "W", "M", "code")
 
-    def add(self, i: int, v: int) -> None:
-        t, n = self.t, self.n
-        i += 1
-        while i <= n:
-            t[i] += v
-            i += i & -i
+    def __init__(self, state: bytearray) -> None:
+        self.state = state
+        n = len(state)
+        W = max(n, 1).bit_length() + 1
+        self.W, self.M = W, (1 << W) - 1
+        self.code = (0, 1, 1 + (1 << W), 1 << (2 * W))
+        st = np.frombuffer(state, dtype=np.uint8)
+        cur = [((st == 1) | (st == 2)).astype(np.int64), (st == 2).astype(np.int64),
+               (st == 3).astype(np.int64)]
+        self.levels: list[list[int]] = []
+        size = n
+        while size > 64:
+            nb = (size + 63) >> 6
+            cur = [np.pad(c, (0, nb * 64 - size)).reshape(nb, 64).sum(axis=1) for c in cur]
+            self.levels.append([a + (y << W) + (p << (2 * W))
+                                for a, y, p in zip(*(c.tolist() for c in cur))])
+            size = nb
 
-    def prefix(self, i: int) -> int:  # sum over positions [0, i)
-        t, s = self.t, 0
-        while i > 0:
-            s += t[i]
-            i -= i & -i
-        return s
+    def set(self, p: int, new: int) -> None:
+        st = self.state
+        d = self.code[new] - self.code[st[p]]
+        st[p] = new
+        for lv in self.levels:
+            p >>= 6
+            lv[p] += d
 
-    def range(self, a: int, b: int) -> int:
-        return self.prefix(b) - self.prefix(a)
+    def count(self, s: int, e: int) -> tuple[int, int, int]:
+        """(answered, yes, pending) among positions ``[s, e)``."""
+        st, W = self.state, self.W
+        if e - s <= 128:
+            n2 = st.count(2, s, e)
+            return st.count(1, s, e) + n2, n2, st.count(3, s, e)
+        s1, e1 = (s + 63) >> 6, e >> 6
+        lo, hi = s1 << 6, e1 << 6
+        n2 = st.count(2, s, lo) + st.count(2, hi, e)
+        tot = (st.count(1, s, lo) + st.count(1, hi, e) + n2 + (n2 << W)
+               + ((st.count(3, s, lo) + st.count(3, hi, e)) << (2 * W)))
+        for lv in self.levels:
+            s, e = s1, e1
+            if e - s <= 128:
+                tot += sum(lv[s:e])
+                break
+            s1, e1 = (s + 63) >> 6, e >> 6
+            tot += sum(lv[s:s1 << 6]) + sum(lv[e1 << 6:e])
+        M = self.M
+        return tot & M, (tot >> W) & M, tot >> (2 * W)
 
-    @classmethod
-    def from_bool(cls, flags: np.ndarray) -> "_Fenwick":
-        f = cls(int(flags.shape[0]))
-        t = np.zeros(f.n + 1, dtype=np.int64)
-        t[1:] = flags.astype(np.int64)
-        # O(n) build: push each node's sum to its parent once.
-        idx = np.arange(1, f.n + 1)
-        parent = idx + (idx & -idx)
-        tl = t.tolist()
-        for i, p in zip(idx.tolist(), parent.tolist()):
-            if p <= f.n:
-                tl[p] += tl[i]
-        f.t = tl
-        return f
+
+# ------------------------------------------------------------------------ strategies
+class _Order:
+    """How a tree strategy orders the queue.
+
+    ``key(node, seq)`` is the heap entry of ``node`` pushed with sequence number ``seq``
+    (smallest pops first).  Static orders (a waiting node's key never changes) use plain
+    ints whose low ``search._sbits`` bits are ``seq``, so the heap compares ints and the
+    node is ``search._seqnode[entry & mask]``; ``expand(node, seq)`` returns a split node's
+    two children and their entries, pushed in that order with ``seq + 1`` and ``seq + 2``
+    (the hot path of auto-splits).  Other orders use tuples ending with the node id and
+    are re-keyed when popped (:meth:`Search.next_questions`).
+    """
+
+    name = ""
+    static = True
+
+    def __init__(self, search: "Search") -> None:
+        self.search = search
+        left, right = search._left, search._right
+        self.children = lambda node: (left[node], right[node])
+
+    def key(self, node: int, seq: int):  # pragma: no cover - every order overrides it
+        raise AssertionError("abstract")
+
+    def expand(self, node: int, seq: int) -> tuple:
+        a, b = self.children(node)
+        return a, b, self.key(a, seq + 1), self.key(b, seq + 2)
 
 
+class HeuristicOrder(_Order):
+    """Highest cluster score S first, ties first in first out (the paper's choice)."""
+
+    name = "heuristic"
+
+    def __init__(self, search: "Search") -> None:
+        super().__init__(search)
+        left, right, sb = search._left, search._right, search._sbits
+        # dense rank of -S: equal scores share a rank, so ties fall to seq exactly as (-S, seq)
+        R = [r << sb for r in np.unique(-search._S, return_inverse=True)[1].ravel().tolist()]
+        self.key = lambda node, seq: R[node] | seq
+
+        def expand(node: int, seq: int) -> tuple:
+            a, b = left[node], right[node]
+            return a, b, R[a] | (seq + 1), R[b] | (seq + 2)
+
+        self.expand = expand
+
+
+class BfsOrder(_Order):
+    """First in, first out: breadth-first."""
+
+    name = "bfs"
+
+    def __init__(self, search: "Search") -> None:
+        super().__init__(search)
+        left, right = search._left, search._right
+        self.key = lambda node, seq: seq
+        self.expand = lambda node, seq: (left[node], right[node], seq + 1, seq + 2)
+
+
+class _LifoOrder(_Order):
+    static = True
+
+    def __init__(self, search: "Search") -> None:
+        super().__init__(search)
+        sb = search._sbits
+        top = (1 << sb) - 1
+        self.key = lambda node, seq: ((top - seq) << sb) | seq     # last in, first out
+
+
+class DfsOrder(_LifoOrder):
+    """Last in, first out; a split node's children in a seeded random order."""
+
+    name = "dfs"
+
+    def __init__(self, search: "Search") -> None:
+        super().__init__(search)
+        left, right, seed = search._left, search._right, search.params.seed
+
+        def children(node: int) -> tuple[int, int]:
+            a, b = left[node], right[node]
+            # == numpy.random.default_rng((seed, node, 1 << 20)).random() < 0.5, built faster
+            if _rng((seed, node, 1 << 20)).random() < 0.5:
+                return b, a
+            return a, b
+
+        self.children = children
+
+
+class DfsHeuristicOrder(_LifoOrder):
+    """Last in, first out; the child with the higher S is popped first."""
+
+    name = "dfs-heuristic"
+
+    def __init__(self, search: "Search") -> None:
+        super().__init__(search)
+        left, right, S = search._left, search._right, search._Sl
+
+        def children(node: int) -> tuple[int, int]:
+            a, b = left[node], right[node]
+            # pushed last = popped first: push the lower-S child first
+            return (b, a) if S[a] > S[b] else (a, b)
+
+        self.children = children
+
+
+class ValueOrder(_Order):
+    """Most expected accepted masks per question first (issue 9, beyond the paper).
+
+    A node costs nothing to handle when the early rules decide it (S <= K_pa, or S <= K_pr)
+    or when the answers already inside it are enough (``c = T - a - p <= 0``: T = min(N_s,
+    n) answers needed, a answered and p outstanding inside it): such nodes come first, in
+    the order they were queued, since handling them only opens more choices.  Every other
+    node ``j`` of ``n_j`` masks is ranked by the expected number of masks its next ask
+    accepts per question, ``v_j = P_h(S_j) n_j / c_j``, with ``P_h`` the probability that a
+    node of score S is accepted (:class:`~orchestrator.calibration.AcceptanceCurve`: the
+    calibration of Sec. 4.3, or a ramp from K_pa to 1 without one).
+
+    The look-ahead version (``value``) also counts what a split yields: with probability
+    ``P_s = 1 - P_h - P_l`` the node splits and its children become askable, each costing
+    ``c_k = T_k - (answers inside it after the parent's ask)``; the node's index is the
+    better of the two stopping points, ``max(r_j / c_j, (r_j + P_s sum_k r_k) / (c_j + P_s
+    sum_k c_k))`` with ``r = P_h n`` (a one-step Gittins-style index for a branching
+    bandit).  ``value-simple`` uses ``v_j`` alone.
+
+    A waiting node's key only ever gets worse: answers landing inside it leave ``a + p``
+    unchanged and a released question raises its cost.  So keys computed when a node was
+    pushed are upper bounds, and re-keying a node when it is popped (pushing it back if its
+    key got worse) pops exactly the argmax of the current keys.
+    """
+
+    name = "value"
+    static = False
+    lookahead = True
+
+    def __init__(self, search: "Search") -> None:
+        super().__init__(search)
+        p = search.params
+        f = search.forest
+        curve = p.curve if p.curve is not None else AcceptanceCurve.fallback(p.kpa)
+        S = f.mean_scores
+        n = f.sizes
+        ph, pl = curve.lookup(S)
+        free = S <= p.kpa
+        if p.leaf_rule == "ask":
+            free &= (f.left >= 0) | (S <= p.kpr)
+        self.free = free.tolist()
+        self.r = (ph * n).tolist()
+        self.ps = np.clip(1.0 - ph - pl, 0.0, 1.0).tolist()
+        self.n = n.tolist()
+        ns = p.ns
+        count, start, end = search._pc.count, search._start, search._end
+        left, right = search._left, search._right
+        R, PS, N, FREE = self.r, self.ps, self.n, self.free
+        look = self.lookahead
+
+        def key(node: int, seq: int) -> tuple:
+            if FREE[node]:
+                return (0, seq, node)
+            nj = N[node]
+            a, _, pend = count(start[node], end[node])
+            taken = a + pend
+            c = (ns if ns < nj else nj) - taken
+            if c <= 0:
+                return (0, seq, node)
+            rj = R[node]
+            v = rj / c
+            kl = left[node]
+            if look and kl >= 0 and PS[node] > 0.0:
+                room = nj - taken          # free masks; the ask lands c of them, uniformly
+                gain, cost = 0.0, 0.0
+                for k in (kl, right[node]):
+                    gain += R[k]
+                    if not FREE[k]:
+                        nk = N[k]
+                        ak, _, pk = count(start[k], end[k])
+                        tk = ak + pk
+                        ck = (ns if ns < nk else nk) - tk - c * (nk - tk) / room
+                        if ck > 0.0:
+                            cost += ck
+                ps = PS[node]
+                v2 = (rj + ps * gain) / (c + ps * cost)
+                if v2 > v:
+                    v = v2
+            return (1, -v, seq, node)
+
+        self.key = key
+
+
+class ValueSimpleOrder(ValueOrder):
+    """:class:`ValueOrder` without the look-ahead: ``P_h(S) n / c`` alone."""
+
+    name = "value-simple"
+    lookahead = False
+
+
+ORDERS: dict[str, type[_Order]] = {o.name: o for o in (
+    HeuristicOrder, BfsOrder, DfsOrder, DfsHeuristicOrder, ValueOrder, ValueSimpleOrder)}
+TREE_STRATEGIES = tuple(ORDERS)
+#: simulation baselines (:mod:`orchestrator.baselines`); run by :func:`orchestrator.simulate.run_strategy`
+BASELINES = ("universal-threshold", "naive", "lsun")
+STRATEGIES = TREE_STRATEGIES + BASELINES
+
+
+def _rng(key: tuple) -> np.random.Generator:
+    """``numpy.random.default_rng(key)``, the same stream, built without its argument checks."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+# --------------------------------------------------------------------------- the search
 @dataclass
 class Search:
-    """The label-propagation search over ``forest``; see the module docstring."""
+    """The label-propagation search over ``forest``; see the module docstring.
+
+    ``node_state``, ``node_seq`` (numpy views of the search's own buffers), ``node_q``,
+    ``node_rounds``, ``answer`` and ``pending`` are read by the store and the tests; only
+    the search writes them.  ``on_visit(node)``, if set, is called each time a node leaves
+    the queue (before its rules are applied).
+    """
 
     forest: Forest
     params: SearchParams
@@ -185,12 +543,15 @@ class Search:
     pending: np.ndarray = field(init=False)
     questions_asked: int = field(init=False, default=0)
     clusters_annotated: int = field(init=False, default=0)
+    on_visit: Callable[[int], None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         f = self.forest
         m, n = f.n_nodes, f.n_masks
-        self.node_state = np.zeros(m, dtype=np.int8)
-        self.node_seq = np.zeros(m, dtype=np.int64)
+        self._st = bytearray(m)
+        self.node_state = np.frombuffer(self._st, dtype=np.int8)
+        self._seqa = array("q", bytes(8 * m))
+        self.node_seq = np.frombuffer(self._seqa, dtype=np.int64)
         self.node_q = np.full(m, np.nan)
         self.node_rounds = np.zeros(m, dtype=np.int32)
         self.answer = np.full(n, -1, dtype=np.int8)
@@ -198,20 +559,22 @@ class Search:
         self._pos = np.empty(n, dtype=np.int64)          # leaf position of each mask
         self._pos.fill(-1)
         self._pos[f.order] = np.arange(f.order.shape[0])
+        self._posl = self._pos.tolist()
+        self._orderl = f.order.tolist()
         npos = f.order.shape[0]
-        self._answered = _Fenwick(npos)
-        self._yes = _Fenwick(npos)
-        self._pend = _Fenwick(npos)
-        self._taken = np.zeros(npos, dtype=np.bool_)      # answered or pending, by position
+        self._pc = _Counts(bytearray(npos))
+        self._pview = np.frombuffer(self._pc.state, dtype=np.uint8)
         self._S = f.mean_scores
         self._Sl = self._S.tolist()
         self._start = f.start.tolist()
         self._end = f.end.tolist()
         self._left = f.left.tolist()
         self._right = f.right.tolist()
-        self._heap: list[tuple] = []
+        self._heap: list = []
         self._n_queued = 0
         self._seq = 0
+        self._sbits = (m + 2).bit_length()   # every node is pushed at most once: seq <= m
+        self._seqnode: list[int] = [-1]      # node pushed with each seq
         self._asking: set[int] = set()
         # Nodes being asked never nest (children are queued only once their parent is
         # decided), so their leaf ranges are disjoint: a sorted list of their starts finds
@@ -222,6 +585,8 @@ class Search:
         self._quota = {int(c): int(q) for c, q in self.params.quotas}
         self._class_accepted: dict[int, int] = {}
         self._node_class = f.node_class.tolist()
+        self._rule = _Rule(self.params)
+        self._order = ORDERS[self.params.strategy](self)
         self.dirty: set[int] = set()                      # nodes changed since last drain
         self.decisions: list[Decision] = []               # decisions since last drain
         if self.params.oracle:
@@ -232,57 +597,40 @@ class Search:
             self._push(int(r))
 
     # ------------------------------------------------------------------ queue
-    def _key(self, node: int, seq: int) -> tuple:
-        st = self.params.strategy
-        if st == "heuristic":
-            return (-self._Sl[node], seq)
-        if st == "bfs":
-            return (seq,)
-        return (-seq,)  # dfs, dfs-heuristic: last in, first out
-
-    def _push(self, node: int, seq: int | None = None) -> None:
-        if seq is None:
-            self._seq += 1
-            seq = self._seq
-        if self.node_state[node] != _QUEUED:
+    def _push(self, node: int) -> None:
+        self._seq += 1
+        seq = self._seq
+        self._seqnode.append(node)
+        if self._st[node] != _QUEUED:
             self._n_queued += 1
-        self.node_state[node] = _QUEUED
-        self.node_seq[node] = seq
+        self._st[node] = _QUEUED
+        self._seqa[node] = seq
         self.dirty.add(node)
-        heapq.heappush(self._heap, (*self._key(node, seq), node))
+        heappush(self._heap, self._order.key(node, seq))
 
     def _push_children(self, node: int) -> None:
-        a, b = self._left[node], self._right[node]
-        if a < 0:
+        if self._left[node] < 0:
             return
-        st = self.params.strategy
-        if st == "dfs":
-            rng = np.random.default_rng((self.params.seed, node, 1 << 20))
-            if rng.random() < 0.5:
-                a, b = b, a
-        elif st == "dfs-heuristic":
-            # pushed last = popped first: push the lower-S child first
-            if self._Sl[a] > self._Sl[b]:
-                a, b = b, a
+        a, b = self._order.children(node)
         self._push(a)
         self._push(b)
 
     # ------------------------------------------------------------- counting
     def counts(self, node: int) -> tuple[int, int, int]:
         """(answered, yes, pending) among the masks of ``node``."""
-        s, e = self._start[node], self._end[node]
-        return self._answered.range(s, e), self._yes.range(s, e), self._pend.range(s, e)
+        return self._pc.count(self._start[node], self._end[node])
 
     def target(self, node: int) -> int:
         return min(self.params.ns, self._end[node] - self._start[node])
 
     # ------------------------------------------------------------- decisions
     def _decide(self, node: int, state: int, q: float, n_answered: int) -> None:
-        self.node_state[node] = state
+        self._st[node] = state
         self.node_q[node] = q
         self.dirty.add(node)
-        self._stop_asking(node)
-        self.decisions.append(Decision(node, NodeState(state), q, n_answered))
+        if node in self._asking:
+            self._stop_asking(node)
+        self.decisions.append(Decision(node, _ENUM[state], q, n_answered))
         if state == _ACCEPTED and self._quota:
             c = self._node_class[node]
             self._class_accepted[c] = self._class_accepted.get(c, 0) + self._end[node] - self._start[node]
@@ -293,11 +641,13 @@ class Search:
         """A node popped from the queue: early rules, oracle, or start asking."""
         p = self.params
         self._n_queued -= 1
+        if self.on_visit is not None:
+            self.on_visit(node)
         S = self._Sl[node]
         if S <= p.kpr:
             self._decide(node, _AUTO_REJECTED, math.nan, 0)
             return
-        if S <= p.kpa:
+        if S <= p.kpa and not (p.leaf_rule == "ask" and self._left[node] < 0):
             self._decide(node, _AUTO_SPLIT, math.nan, 0)
             return
         if p.oracle:
@@ -305,7 +655,7 @@ class Search:
             self.clusters_annotated += 1
             self._decide(node, _decide_code(q, p.ka), q, self._end[node] - self._start[node])
             return
-        self.node_state[node] = _ASKING
+        self._st[node] = _ASKING
         self.dirty.add(node)
         self._start_asking(node)
 
@@ -317,8 +667,6 @@ class Search:
         self._ask_at[s] = node
 
     def _stop_asking(self, node: int) -> None:
-        if node not in self._asking:
-            return
         self._asking.discard(node)
         self._hungry.discard(node)
         s = self._start[node]
@@ -334,58 +682,78 @@ class Search:
         node = self._ask_at[self._ask_starts[i]]
         return node if pos < self._end[node] else -1
 
+    def _judge(self, node: int) -> int:
+        """Decide ``node`` if its answers determine it; else return how many questions it
+        should post now (-1: decided)."""
+        s, e = self._start[node], self._end[node]
+        a, y, pend = self._pc.count(s, e)
+        code, need = self._rule(e - s, a, y, pend)
+        if code:
+            self.clusters_annotated += 1
+            self._decide(node, code, y / a, a)
+            return -1
+        return need
+
     def _try_decide(self, node: int) -> bool:
         """Decide ``node`` if its outcome is determined by the answers it has."""
-        p = self.params
-        T = self.target(node)
-        a, y, _ = self.counts(node)
-        if a == 0:
-            return False
-        if a < T and not (p.chunk > 0 and _decide_code(y / T, p.ka) == _decide_code((y + T - a) / T, p.ka)):
-            # without sequential sampling a node waits for all N_s answers; with it, it stops
-            # as soon as the decision at N_s answers can no longer change
-            return False
-        q = y / a
-        self.clusters_annotated += 1
-        self._decide(node, _decide_code(q, p.ka), q, a)
-        return True
+        return self._judge(node) < 0
 
-    def _advance(self, node: int, cap: float = math.inf) -> Ask | None:
+    def _need(self, node: int) -> int:
+        """Questions ``node`` should have posted now (see :func:`judge`)."""
+        s, e = self._start[node], self._end[node]
+        a, y, pend = self._pc.count(s, e)
+        code, need = self._rule(e - s, a, y, pend)
+        return 0 if code else need
+
+    def _advance(self, node: int, cap: float) -> Ask | None:
         """Decide ``node`` if its outcome is determined, else sample what it still needs
-        (at most ``cap`` questions)."""
-        if self._try_decide(node):
+        (at most ``cap`` questions); a node that needs nothing more now stops being hungry."""
+        need = self._judge(node)
+        if need < 0:
             return None
-        want = int(min(self._need(node), cap))
+        want = need if need <= cap else int(cap)
+        if want >= need:
+            self._hungry.discard(node)   # waits for answers (record/release wake it up)
         return self._sample(node, want) if want > 0 else None
 
     def _sample(self, node: int, k: int) -> Ask:
-        f = self.forest
-        s, e = int(f.start[node]), int(f.end[node])
+        s, e = self._start[node], self._end[node]
         rnd = int(self.node_rounds[node])
-        rng = np.random.default_rng((self.params.seed, node, rnd))
         self.node_rounds[node] = rnd + 1
         size = e - s
+        st = self._pc.state
         if size <= 64 * k:
-            free = np.flatnonzero(~self._taken[s:e]) + s
-            pos = rng.choice(free, size=min(k, free.shape[0]), replace=False)
+            if size <= 64:
+                free = [i for i in range(s, e) if not st[i]]
+                nfree = len(free)
+            else:
+                free = np.flatnonzero(self._pview[s:e] == 0) + s
+                nfree = free.shape[0]
+            if k >= nfree:
+                # every free mask: what any draw of all of them gives once sorted
+                pos = free if isinstance(free, list) else free.tolist()
+            else:
+                pick = _rng((self.params.seed, node, rnd)).choice(np.asarray(free, dtype=np.int64),
+                                                                  size=k, replace=False)
+                pos = np.sort(pick).tolist()
         else:  # huge node, few answers: rejection sampling, O(k)
+            rng = _rng((self.params.seed, node, rnd))
             chosen: list[int] = []
             seen: set[int] = set()
             while len(chosen) < k:
                 for c in rng.integers(s, e, size=2 * k).tolist():
-                    if c not in seen and not self._taken[c]:
+                    if c not in seen and not st[c]:
                         seen.add(c)
                         chosen.append(c)
                         if len(chosen) == k:
                             break
-            pos = np.asarray(chosen, dtype=np.int64)
-        pos = np.sort(pos)
-        for ps in pos.tolist():
-            self._pend.add(ps, 1)
-        self._taken[pos] = True
-        masks = f.order[pos]
+            pos = sorted(chosen)
+        pset, orderl = self._pc.set, self._orderl
+        for ps in pos:
+            pset(ps, 3)
+        masks = np.array([orderl[ps] for ps in pos], dtype=np.int64)
         self.pending[masks] = True
-        self.questions_asked += int(masks.shape[0])
+        self.questions_asked += len(pos)
         self.dirty.add(node)
         return Ask(node, masks, rnd)
 
@@ -406,45 +774,92 @@ class Search:
         budget = math.inf if max_questions is None else max_questions
         soft = math.inf if target is None else target
         got = 0
-        for node in sorted(self._hungry, key=lambda j: int(self.node_seq[j])):
-            if budget <= 0 or got >= soft:
-                return asks
-            ask = self._advance(node, budget)
-            if node in self._asking and self._need(node) <= 0:
-                self._hungry.discard(node)   # waits for answers (record/release wake it up)
-            if ask is not None:
-                asks.append(ask)
-                budget -= ask.masks.shape[0]
-                got += ask.masks.shape[0]
-        while self._heap and budget > 0 and got < soft and (max_nodes is None or len(self._asking) < max_nodes):
-            node = heapq.heappop(self._heap)[-1]
-            if self.node_state[node] != _QUEUED:
-                continue
-            if self._quota_met(node):
-                # the class has what it needs: leave the node queued (a larger quota resumes it)
-                self._n_queued -= 1
-                continue
-            self._visit(node)
-            if node in self._asking:
+        if self._hungry:
+            for node in sorted(self._hungry, key=self._seqa.__getitem__):
+                if budget <= 0 or got >= soft:
+                    return asks
                 ask = self._advance(node, budget)
-                if node in self._asking and self._need(node) <= 0:
-                    self._hungry.discard(node)
                 if ask is not None:
                     asks.append(ask)
                     budget -= ask.masks.shape[0]
                     got += ask.masks.shape[0]
+        # the queue, with the auto-split rule inlined: most pops at scale are auto-splits
+        heap, st, seqa, Sl, left = self._heap, self._st, self._seqa, self._Sl, self._left
+        seqnode = self._seqnode
+        smask = (1 << self._sbits) - 1
+        order = self._order
+        key, expand, static = order.key, order.expand, order.static
+        p = self.params
+        kpr, kpa = p.kpr, p.kpa
+        leaf_ask = p.leaf_rule == "ask"
+        inline = self.on_visit is None
+        quota = bool(self._quota)
+        asking = self._asking
+        dirty_add = self.dirty.add
+        dec_append = self.decisions.append
+        auto = (_ENUM[_AUTO_SPLIT], math.nan, 0)
+        max_open = math.inf if max_nodes is None else max_nodes
+        entry = None          # the next entry, when an auto-split already took it off the heap
+        while (entry is not None or heap) and budget > 0 and got < soft and len(asking) < max_open:
+            if entry is None:
+                entry = heappop(heap)
+            if static:
+                node = seqnode[entry & smask]
+            else:
+                node = entry[-1]
+            if st[node] != _QUEUED:
+                entry = None
+                continue
+            if not static:
+                k = key(node, seqa[node])
+                if k != entry:           # its key got worse while it waited: back in line
+                    entry = heappushpop(heap, k)
+                    continue
+            if quota and self._quota_met(node):
+                # the class has what it needs: leave the node queued (a larger quota resumes it)
+                self._n_queued -= 1
+                entry = None
+                continue
+            S = Sl[node]
+            if inline and kpr < S <= kpa and not (leaf_ask and left[node] < 0):
+                # auto-split (== _visit + _decide + _push_children), inlined
+                st[node] = _AUTO_SPLIT
+                dirty_add(node)
+                dec_append(_tuple_new(Decision, (node, *auto)))
+                if left[node] < 0:
+                    self._n_queued -= 1
+                    entry = None
+                    continue
+                seq = self._seq
+                a, b, ea, eb = expand(node, seq)
+                self._seq = seq + 2
+                self._n_queued += 1
+                seqnode.append(a)
+                seqnode.append(b)
+                st[a] = st[b] = _QUEUED
+                seqa[a] = seq + 1
+                seqa[b] = seq + 2
+                dirty_add(a)
+                dirty_add(b)
+                heappush(heap, ea)
+                # nothing the loop tests has changed, so it pops next: push and pop in one step
+                entry = heappushpop(heap, eb)
+                continue
+            entry = None
+            self._visit(node)
+            if node in asking:
+                ask = self._advance(node, budget)
+                if ask is not None:
+                    asks.append(ask)
+                    budget -= ask.masks.shape[0]
+                    got += ask.masks.shape[0]
+        if entry is not None:
+            heappush(heap, entry)
         return asks
 
     def _quota_met(self, node: int) -> bool:
         c = self._node_class[node]
         return c in self._quota and self._class_accepted.get(c, 0) >= self._quota[c]
-
-    def _need(self, node: int) -> int:
-        """Questions ``node`` should have posted now: the shortfall to N_s, at most ``chunk``
-        outstanding at once in sequential mode."""
-        a, _, pend = self.counts(node)
-        need = self.target(node) - a - pend
-        return min(need, self.params.chunk - pend) if self.params.chunk > 0 else need
 
     def record(self, masks, labels) -> int:
         """Store answers (1 yes, 0 no) for outstanding questions; decide what is determined.
@@ -456,47 +871,51 @@ class Search:
         labels = np.asarray(labels).ravel()
         if masks.shape != labels.shape:
             raise ValueError("masks and labels differ in length")
-        taken = 0
+        posl, st, pset, at = self._posl, self._pc.state, self._pc.set, self._asking_node_at
+        took_m: list[int] = []
+        took_l: list[int] = []
         touched: set[int] = set()
         for mk, lb in zip(masks.tolist(), labels.tolist()):
-            if not self.pending[mk]:
+            ps = posl[mk]
+            if ps < 0 or st[ps] != 3:
                 continue
-            ps = int(self._pos[mk])
-            j = self._asking_node_at(ps)
+            j = at(ps)
             if j >= 0:
                 touched.add(j)
-            self.pending[mk] = False
-            self._pend.add(ps, -1)
-            self.answer[mk] = 1 if lb else 0
-            self._answered.add(ps, 1)
-            if lb:
-                self._yes.add(ps, 1)
-            taken += 1
+            lab = 1 if lb else 0
+            pset(ps, 2 if lab else 1)
+            took_m.append(mk)
+            took_l.append(lab)
+        if took_m:
+            idx = np.asarray(took_m, dtype=np.int64)
+            self.pending[idx] = False
+            self.answer[idx] = took_l
         if touched:
             self._settle(touched)
-        return taken
+        return len(took_m)
 
     def release(self, masks) -> int:
         """Return outstanding questions unanswered (expired HIT, discarded answers)."""
-        freed = 0
+        posl, st, pset = self._posl, self._pc.state, self._pc.set
+        freed: list[int] = []
         for mk in np.asarray(masks, dtype=np.int64).ravel().tolist():
-            if not self.pending[mk]:
+            ps = posl[mk]
+            if ps < 0 or st[ps] != 3:
                 continue
-            ps = int(self._pos[mk])
-            self.pending[mk] = False
-            self._pend.add(ps, -1)
-            self._taken[ps] = False
+            pset(ps, 0)
             j = self._asking_node_at(ps)
             if j >= 0:
                 self._hungry.add(j)   # its node asks again
-            freed += 1
-        return freed
+            freed.append(mk)
+        if freed:
+            self.pending[np.asarray(freed, dtype=np.int64)] = False
+        return len(freed)
 
     def _settle(self, nodes: set[int]) -> None:
         """Decide the given asking nodes where their outcome is now determined; the others
         may need more questions (sequential sampling) and are woken up for the next ask."""
-        for node in sorted(nodes, key=lambda j: int(self.node_seq[j])):
-            if node in self._asking and not self._try_decide(node):
+        for node in sorted(nodes, key=self._seqa.__getitem__):
+            if node in self._asking and self._judge(node) >= 0:
                 self._hungry.add(node)
 
     @property
@@ -548,33 +967,38 @@ class Search:
         s.node_q[node_ids] = np.asarray(qs, dtype=np.float64)
         s.node_rounds[node_ids] = np.asarray(rounds, dtype=np.int32)
         s._seq = int(s.node_seq.max()) if s.node_seq.shape[0] else 0
+        if s._seq > forest.n_nodes:     # one seq per push, each node pushed at most once
+            raise LabelpropError(f"saved search state is inconsistent: sequence number {s._seq} "
+                                 f"exceeds the forest's {forest.n_nodes} nodes")
+        seqnode = np.full(s._seq + 1, -1, dtype=np.int64)
+        touched_seq = s.node_seq[node_ids]
+        seqnode[touched_seq[touched_seq > 0]] = node_ids[touched_seq > 0]
+        s._seqnode = seqnode.tolist()
         s._n_queued = int(np.count_nonzero(s.node_state == NodeState.QUEUED))
         if s._quota:
             acc = np.flatnonzero(s.node_state == NodeState.ACCEPTED)
             for j in acc.tolist():
                 c = s._node_class[j]
                 s._class_accepted[c] = s._class_accepted.get(c, 0) + s._end[j] - s._start[j]
-        for j in node_ids.tolist():
-            if s.node_state[j] == NodeState.QUEUED:
-                heapq.heappush(s._heap, (*s._key(j, int(s.node_seq[j])), j))
-            elif s.node_state[j] == NodeState.ASKING:
-                s._start_asking(j)
         am = np.asarray(answered_masks, dtype=np.int64)
         al = np.asarray(answered_labels, dtype=np.int8)
         pm = np.asarray(pending_masks, dtype=np.int64)
         s.answer[am] = al
         s.pending[pm] = True
-        npos = forest.order.shape[0]
-        ans_pos = np.zeros(npos, dtype=bool)
-        yes_pos = np.zeros(npos, dtype=bool)
-        pend_pos = np.zeros(npos, dtype=bool)
-        ans_pos[s._pos[am]] = True
-        yes_pos[s._pos[am[al == 1]]] = True
-        pend_pos[s._pos[pm]] = True
-        s._answered = _Fenwick.from_bool(ans_pos)
-        s._yes = _Fenwick.from_bool(yes_pos)
-        s._pend = _Fenwick.from_bool(pend_pos)
-        s._taken = ans_pos | pend_pos
+        state = np.zeros(forest.order.shape[0], dtype=np.uint8)
+        state[s._pos[am]] = np.where(al == 1, 2, 1)
+        state[s._pos[pm]] = 3
+        s._pc = _Counts(bytearray(state.tobytes()))
+        s._pview = np.frombuffer(s._pc.state, dtype=np.uint8)
+        s._order = ORDERS[params.strategy](s)    # orders read the counts: rebuild on the new ones
+        queued = []
+        for j in node_ids.tolist():
+            if s._st[j] == NodeState.QUEUED:
+                queued.append(s._order.key(j, s._seqa[j]))
+            elif s._st[j] == NodeState.ASKING:
+                s._start_asking(j)
+        s._heap.extend(queued)
+        heapify(s._heap)
         s.questions_asked = int(questions_asked)
         s.clusters_annotated = int(clusters_annotated)
         s.dirty.clear()

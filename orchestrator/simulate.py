@@ -31,18 +31,22 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
     rec = TraceRecorder()
     acc = [0, 0.0, 0, 0]  # masks, iou sum, correct, clusters
 
+    ACC, REJ, SPLIT = NodeState.ACCEPTED, NodeState.REJECTED, NodeState.SPLIT
+    start, end = forest.start, forest.end
+
     def flush() -> None:
         _, decisions = search.drain()
         changed = False
         for d in decisions:
-            if d.state == NodeState.ACCEPTED:
-                s, e = int(forest.start[d.node]), int(forest.end[d.node])
+            st = d[1]
+            if st is ACC:
+                s, e = int(start[d[0]]), int(end[d[0]])
                 acc[0] += e - s
                 acc[1] += cum_iou[e] - cum_iou[s]
                 acc[2] += int(cum_ok[e] - cum_ok[s])
                 acc[3] += 1
                 changed = True
-            elif d.state in (NodeState.REJECTED, NodeState.SPLIT):
+            elif st is REJ or st is SPLIT:
                 changed = True
         if changed:
             rec.add(search.questions_asked, search.clusters_annotated, acc[0], acc[1], acc[2], acc[3])
