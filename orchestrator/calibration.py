@@ -24,7 +24,7 @@ node counts), stored in a campaign by :func:`write_calibration` (``labelprop cal
 :func:`load_curve`.
 
 Everything here is pure (arrays in, arrays/dataclasses out) except :func:`write_csv`,
-:func:`plot_calibration`, :func:`write_thresholds`, :func:`write_calibration` and
+:func:`plot_calibration`, :func:`write_calibration` and
 :func:`load_curve`.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from orchestrator.errors import LabelpropError, check_unit_interval
 
 __all__ = ["Calibration", "node_table", "cumulative_threshold", "binned_curves",
            "calibrate_nodes", "calibrate_forest", "write_csv", "plot_calibration",
-           "write_thresholds", "AcceptanceCurve", "write_calibration", "load_curve",
+           "AcceptanceCurve", "write_calibration", "load_curve",
            "CALIBRATION_NAME", "CALIBRATION_FORMAT"]
 
 CALIBRATION_NAME = "calibration.json"
@@ -210,18 +210,6 @@ def plot_calibration(path: str | os.PathLike, cal: Calibration, scores: np.ndarr
         return _atomic_write(Path(path), write)
     finally:
         plt.close(fig)
-
-
-def write_thresholds(campaign_dir: str | os.PathLike, kpr: float, kpa: float) -> Path:
-    """Set ``[search] kpr`` and ``kpa`` in ``DIR/campaign.toml`` (atomically, via the
-    campaign config module so the file stays valid and keeps its header)."""
-    from orchestrator.config import load_config, save_config
-
-    d = Path(campaign_dir)
-    cfg = load_config(d)  # LabelpropError naming the file if it is missing or invalid
-    cfg.search.kpr = float(kpr)
-    cfg.search.kpa = float(kpa)
-    return save_config(d, cfg)
 
 
 # --------------------------------------------------------------- the curve for the search

@@ -11,6 +11,8 @@ import typer
 
 from orchestrator.atomic import atomic_write_json, json_safe
 from orchestrator.errors import LabelpropError
+from orchestrator.search import STRATEGIES as _STRATEGIES
+from orchestrator.search import SearchParams as _SP
 
 SIMULATE_HELP = """Run the label-propagation search (and baselines) against simulated annotators.
 
@@ -26,14 +28,17 @@ Examples:
   labelprop simulate data.npz -s all --report-at 2000 --out curves/
   labelprop simulate data.npz -s heuristic -s dfs --chunk 5 --error-rate 0.05 --json run.json
   labelprop simulate data.npz --oracle -s bfs -s dfs -s heuristic
+  labelprop simulate data.npz -s value -s heuristic --acceptance size-aware
+  labelprop calibrate heldout.npz --json > cal.json
+  labelprop simulate data.npz -s value --calibration cal.json
 """
 
 
 def _strategies(values: List[str]) -> list[str]:
-    from orchestrator.search import STRATEGIES
+    from orchestrator.search import STRATEGIES, SearchParams
 
     out: list[str] = []
-    for v in values or ["heuristic"]:
+    for v in values or [SearchParams.strategy]:
         for name in v.split(","):
             name = name.strip()
             if name == "all":
@@ -52,7 +57,9 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
                    reward_usd: float = 0.15, questions_per_hit: int = 50,
                    report_at: Optional[List[int]] = None, out_dir: Optional[Path] = None,
                    score_weight: float = 0.25, exact_limit: int = 40_000, plots: bool = True,
-                   progress=None) -> dict:
+                   progress=None, leaf_rule: Optional[str] = None, acceptance: Optional[str] = None,
+                   risk_masks: Optional[float] = None, calibration: Optional[Path] = None,
+                   forest=None) -> dict:
     """Everything `labelprop simulate` does, as a function returning the JSON object."""
     from clustering.build import ClusterParams, build_forest
     from orchestrator.annotators import SimulatedAnnotators
@@ -62,19 +69,31 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
     from orchestrator.simulate import final, point, run_strategy
     from orchestrator.triplets import load_triplets
 
-    params = SearchParams(ns=ns, ka=ka, kiou=kiou, kpa=kpa, kpr=kpr, chunk=chunk, oracle=oracle, seed=seed)
+    from orchestrator.search import TREE_STRATEGIES
+
+    curve = None
+    if calibration is not None:
+        from orchestrator.calibration import load_curve
+        curve = load_curve(calibration).check_for(ka, kiou, str(calibration))
+    d = SearchParams()
+    params = SearchParams(ns=ns, ka=ka, kiou=kiou, kpa=kpa, kpr=kpr, chunk=chunk, oracle=oracle, seed=seed,
+                          leaf_rule=leaf_rule or d.leaf_rule, acceptance=acceptance or d.acceptance,
+                          risk_masks=d.risk_masks if risk_masks is None else risk_masks, curve=curve)
     if budget_questions is not None and budget_questions < 0:
         raise LabelpropError(f"--budget-questions must be >= 0, got {budget_questions}")
     if seconds_per_question <= 0:
         raise LabelpropError(f"--seconds-per-question must be > 0, got {seconds_per_question}")
-    if oracle and any(s not in ("heuristic", "bfs", "dfs", "dfs-heuristic") for s in strategies):
-        raise LabelpropError("--oracle applies to the tree searches only (heuristic, bfs, dfs, dfs-heuristic)")
+    if oracle and any(s not in TREE_STRATEGIES for s in strategies):
+        raise LabelpropError(f"--oracle applies to the tree searches only ({', '.join(TREE_STRATEGIES)})")
     t = load_triplets(triplets_path)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
-    say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
-    forest = build_forest(t.features, t.scores, t.classes,
-                          ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
+    if forest is None:
+        say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
+        forest = build_forest(t.features, t.scores, t.classes,
+                              ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
+    elif forest.n_masks != t.n:
+        raise LabelpropError(f"{triplets_path}: {t.n} masks but the given forest has {forest.n_masks}")
     cluster_s = time.perf_counter() - t0
     cost = CostModel(reward_usd=reward_usd, questions_per_hit=questions_per_hit)
     results = {}
@@ -93,8 +112,7 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
         runs.append(summ)
     # the comparison table (paper Fig. 6b): every strategy at the same question budgets
     if report_at is None:
-        first_tree = next((runs[i] for i, s in enumerate(strategies)
-                           if s in ("heuristic", "bfs", "dfs", "dfs-heuristic")), runs[0])
+        first_tree = next((runs[i] for i, s in enumerate(strategies) if s in TREE_STRATEGIES), runs[0])
         report_at = [max(1, first_tree["questions"] // 4)] if len(strategies) > 1 else []
     compare = []
     for b in report_at:
@@ -102,12 +120,16 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
         for name, res in results.items():
             p = point(res, int(b))
             row[name] = {"accepted_masks": int(p["accepted_masks"]), "questions": int(p["questions"]),
-                         "mean_iou_accepted": p["mean_iou_accepted"]}
+                         "mean_iou_accepted": p["mean_iou_accepted"],
+                         "precision_accepted": p["precision_accepted"]}
         compare.append(row)
     out = dict(runs[0])
     out.update({"runs": runs, "compare": compare, "clustering_seconds": round(cluster_s, 3),
                 "params": {"ns": ns, "ka": ka, "kiou": kiou, "kpa": kpa, "kpr": kpr, "chunk": chunk,
                            "oracle": oracle, "seed": seed, "error_rate": error_rate,
+                           "leaf_rule": params.leaf_rule, "acceptance": params.acceptance,
+                           "risk_masks": params.risk_masks,
+                           "calibration": None if calibration is None else str(calibration),
                            "seconds_per_question": seconds_per_question, "reward_usd": reward_usd,
                            "questions_per_hit": questions_per_hit, "budget_questions": budget_questions},
                 "triplets": str(triplets_path)})
@@ -127,9 +149,9 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
 
 def simulate(
     triplets: Path = typer.Argument(..., help="Triplets .npz (features, scores, ious, classes).", show_default=False),
-    strategy: List[str] = typer.Option(["heuristic"], "--strategy", "-s",
-                                       help="heuristic, bfs, dfs, dfs-heuristic, universal-threshold, naive, lsun, "
-                                            "or all; repeat or comma-separate to compare."),
+    strategy: List[str] = typer.Option([_SP.strategy], "--strategy", "-s",
+                                       help=f"{', '.join(_STRATEGIES)}, or all; repeat or comma-separate to "
+                                            "compare."),
     ns: int = typer.Option(15, "--ns", help="N_s: masks verified per cluster."),
     ka: float = typer.Option(0.85, "--ka", help="K_a: accept a cluster at Q >= K_a, reject at Q <= 1 - K_a."),
     kiou: float = typer.Option(0.75, "--kiou", help="K_iou: a mask is correct when its IoU >= K_iou."),
@@ -151,6 +173,17 @@ def simulate(
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG/CSV curves."),
     score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score next to the features in the clustering."),
     exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly (memory ~ 8n^2/2 bytes)."),
+    acceptance: str = typer.Option(_SP.acceptance, "--acceptance", help="fixed: accept at Q >= K_a over N_s "
+                                   "answers (the paper). size-aware: also require a sequential test whose error "
+                                   "budget shrinks with the cluster's size (asks more before accepting a large "
+                                   "cluster)."),
+    risk_masks: float = typer.Option(_SP.risk_masks, "--risk-masks", help="size-aware: a cluster of n masks whose "
+                                     "quality is at most K_a - 0.1 is accepted with probability <= risk-masks / n."),
+    leaf_rule: str = typer.Option(_SP.leaf_rule, "--leaf-rule", help="drop: a one-mask leaf with S <= K_pa is "
+                                  "dropped (the paper). ask: it is asked (the authors' code)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="P(accept | S) for the value "
+                                               "strategies: a file from `labelprop calibrate --json` or a "
+                                               "campaign's calibration.json (default: a ramp from K_pa to 1)."),
 ) -> None:
     from orchestrator.errors import check_unit_interval
 
@@ -162,6 +195,7 @@ def simulate(
         seconds_per_question=seconds_per_question, reward_usd=reward_usd,
         questions_per_hit=questions_per_hit, report_at=report_at, out_dir=out,
         score_weight=score_weight, exact_limit=exact_limit, plots=not no_plots,
+        leaf_rule=leaf_rule, acceptance=acceptance, risk_masks=risk_masks, calibration=calibration,
         progress=lambda m: typer.secho(f"labelprop: {m}", err=True, fg=typer.colors.BRIGHT_BLACK))
     text = json.dumps(result, indent=2)
     if json_out is not None:

@@ -20,6 +20,7 @@ import tomli_w
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.errors import LabelpropError
+from orchestrator.search import SearchParams as _SP
 
 __all__ = [
     "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
@@ -47,14 +48,21 @@ class StoreSection:
 
 @dataclass
 class SearchSection:
-    strategy: str = "heuristic"
-    ns: int = 15
-    ka: float = 0.85
-    kiou: float = 0.75
-    kpa: float = 0.7
-    kpr: float = 0.0
-    chunk: int = 0              # 0: ask all N_s at once; K > 0: sequential, K at a time
+    # defaults are the search's own (orchestrator.search.SearchParams): one place for each number
+    strategy: str = _SP.strategy
+    ns: int = _SP.ns
+    ka: float = _SP.ka
+    kiou: float = _SP.kiou
+    kpa: float = _SP.kpa
+    kpr: float = _SP.kpr
+    chunk: int = _SP.chunk      # 0: ask all N_s at once; K > 0: sequential, K at a time
     budget_questions: int = 0   # 0: no budget
+    leaf_rule: str = _SP.leaf_rule
+    acceptance: str = _SP.acceptance
+    risk_masks: float = _SP.risk_masks
+    bad_margin: float = _SP.bad_margin
+    max_answers: int = _SP.max_answers
+    calibration: str = ""       # calibration.json (relative to the campaign dir) for the value strategies
     class_quotas: dict[str, int] = field(default_factory=dict)  # category name or id -> masks
 
 
@@ -140,13 +148,22 @@ _HEADER = """\
 # [campaign]   name; seed (every random draw derives from it); created (UTC).
 # [store]      url: SQLAlchemy URL of the campaign store. sqlite paths are relative to
 #              this directory; e.g. postgresql+psycopg://user@host/db for many pollers.
-# [search]     strategy: heuristic | bfs | dfs | dfs-heuristic | universal-threshold |
-#              naive | lsun.  ns: questions per cluster (N_s).  ka: accept a cluster
+# [search]     strategy: heuristic | bfs | dfs | dfs-heuristic | value | value-simple
+#              (the simulation baselines universal-threshold, naive, lsun are not
+#              campaign strategies).  ns: questions per cluster (N_s).  ka: accept a cluster
 #              at Q >= ka, reject at Q <= 1-ka, else split (K_a).  kiou: IoU at which a
 #              mask counts as correct (K_iou).  kpa: auto-split clusters with mean
 #              score S <= kpa (K_pa).  kpr: auto-reject at S <= kpr (K_pr).  chunk: 0 asks
 #              all ns at once, K > 0 asks K at a time (sequential sampling).
 #              budget_questions: stop after this many questions (0: no limit).
+#              leaf_rule: drop (a one-mask leaf with S <= kpa is dropped, the paper) | ask
+#              (it is asked, the authors' code).  acceptance: fixed (the paper) |
+#              size-aware (a cluster of n masks is wrongly accepted with probability at
+#              most risk_masks / n: it asks more before accepting a large cluster;
+#              bad_margin: "wrong" is Q <= ka - bad_margin; max_answers: most answers one
+#              cluster collects, 0 = 10 ns).  calibration: file written by `labelprop
+#              calibrate --write` (P(accept | S) for the value strategies; empty: a ramp
+#              from kpa to 1).
 #              [search.class_quotas]: category name (or id) = number of masks wanted.
 # [clustering] score_weight: weight of the mask score next to the features (1.0: as
 #              much as all feature dimensions together; default 0.25).  exact_limit: classes larger
@@ -252,7 +269,7 @@ def _from_dict(cls, data: dict, where: str, file: Path):
 
 def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> CampaignConfig:
     """Range checks; raises a one-line :class:`LabelpropError` naming ``file`` and the key."""
-    from orchestrator.search import STRATEGIES
+    from orchestrator.search import ACCEPTANCE_RULES, LEAF_RULES, STRATEGIES
 
     def bad(key: str, msg: str):
         raise LabelpropError(f"{file}: {key} {msg}")
@@ -266,6 +283,18 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
         bad("search.kpr", f"({s.kpr}) must not exceed search.kpa ({s.kpa})")
     if s.strategy not in STRATEGIES:
         bad("search.strategy", f"must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
+    if s.leaf_rule not in LEAF_RULES:
+        bad("search.leaf_rule", f"must be one of {', '.join(LEAF_RULES)}, got {s.leaf_rule!r}")
+    if s.acceptance not in ACCEPTANCE_RULES:
+        bad("search.acceptance", f"must be one of {', '.join(ACCEPTANCE_RULES)}, got {s.acceptance!r}")
+    if not s.risk_masks > 0:
+        bad("search.risk_masks", f"must be > 0, got {s.risk_masks!r}")
+    if not 0.0 < s.bad_margin < s.ka:
+        bad("search.bad_margin", f"must be in (0, search.ka), got {s.bad_margin!r}")
+    if s.max_answers < 0:
+        bad("search.max_answers", f"must be 0 (10 ns) or positive, got {s.max_answers}")
+    if s.calibration and (os.path.isabs(s.calibration) or ".." in Path(s.calibration).parts):
+        bad("search.calibration", f"must be a path inside the campaign directory, got {s.calibration!r}")
     if s.ns < 1:
         bad("search.ns", f"must be at least 1, got {s.ns}")
     for k in ("chunk", "budget_questions"):

@@ -425,21 +425,28 @@ class ValueOrder(_Order):
     n) answers needed, a answered and p outstanding inside it): such nodes come first, in
     the order they were queued, since handling them only opens more choices.  Every other
     node ``j`` of ``n_j`` masks is ranked by the expected number of masks its next ask
-    accepts per question, ``v_j = P_h(S_j) n_j / c_j``, with ``P_h`` the probability that a
-    node of score S is accepted (:class:`~orchestrator.calibration.AcceptanceCurve`: the
-    calibration of Sec. 4.3, or a ramp from K_pa to 1 without one).
+    accepts per question, ``v_j = P(accept) n_j / c_j``.
+
+    ``P(accept)`` starts from ``P_h(S_j)`` (:class:`~orchestrator.calibration.AcceptanceCurve`:
+    the calibration of Sec. 4.3, or a ramp from K_pa to 1 without one) and is updated with
+    the answers already inside the node (inherited from its ancestors' samples): the node
+    is taken to be good (Q = (1 + K_a)/2), bad (Q = (1 - K_a)/2) or mixed (Q = 1/2) with
+    prior probabilities P_h, P_l and 1 - P_h - P_l, and ``P(accept)`` is the posterior of
+    "good" after ``y`` yes among ``a`` answers.
 
     The look-ahead version (``value``) also counts what a split yields: with probability
-    ``P_s = 1 - P_h - P_l`` the node splits and its children become askable, each costing
-    ``c_k = T_k - (answers inside it after the parent's ask)``; the node's index is the
-    better of the two stopping points, ``max(r_j / c_j, (r_j + P_s sum_k r_k) / (c_j + P_s
-    sum_k c_k))`` with ``r = P_h n`` (a one-step Gittins-style index for a branching
-    bandit).  ``value-simple`` uses ``v_j`` alone.
+    ``P_s`` (the posterior of "mixed") the node splits and its children become askable, each
+    worth ``r_k = P(accept_k) n_k`` and costing ``c_k = T_k - (answers expected inside it
+    after the parent's ask)``; the node's index is the better of the two stopping points,
+    ``max(r_j / c_j, (r_j + P_s sum_k r_k) / (c_j + P_s sum_k c_k))`` (a one-step
+    Gittins-style index for a branching bandit).  ``value-simple`` uses ``v_j`` alone.
 
-    A waiting node's key only ever gets worse: answers landing inside it leave ``a + p``
-    unchanged and a released question raises its cost.  So keys computed when a node was
-    pushed are upper bounds, and re-keying a node when it is popped (pushing it back if its
-    key got worse) pops exactly the argmax of the current keys.
+    Keys are computed when a node is pushed.  While it waits, a released question inside it
+    only raises its cost (its key gets worse: it is re-keyed when popped and pushed back if
+    its key changed), and an answer landing inside it (a question its parent left
+    outstanding) pushes it again with its new key.  So the heap always holds, for every
+    queued node, an entry at least as good as its current key, and the pops are exactly the
+    argmax of the current keys.
     """
 
     name = "value"
@@ -454,50 +461,70 @@ class ValueOrder(_Order):
         S = f.mean_scores
         n = f.sizes
         ph, pl = curve.lookup(S)
+        pl = np.minimum(pl, 1.0 - ph)
         free = S <= p.kpa
         if p.leaf_rule == "ask":
             free &= (f.left >= 0) | (S <= p.kpr)
         self.free = free.tolist()
-        self.r = (ph * n).tolist()
-        self.ps = np.clip(1.0 - ph - pl, 0.0, 1.0).tolist()
-        self.n = n.tolist()
+        with np.errstate(divide="ignore"):
+            LH, LL, LM = (np.log(ph).tolist(), np.log(pl).tolist(),
+                          np.log(np.clip(1.0 - ph - pl, 0.0, 1.0)).tolist())
+        N = n.tolist()
+        FREE = self.free
         ns = p.ns
+        qg, qb, qm = (1.0 + p.ka) / 2.0, (1.0 - p.ka) / 2.0, 0.5
+        gy, gn = math.log(qg / qm), math.log((1.0 - qg) / (1.0 - qm))    # log-likelihood ratios
+        by, bn = math.log(qb / qm), math.log((1.0 - qb) / (1.0 - qm))    # against "mixed"
+        exp, inf = math.exp, -math.inf
         count, start, end = search._pc.count, search._start, search._end
         left, right = search._left, search._right
-        R, PS, N, FREE = self.r, self.ps, self.n, self.free
         look = self.lookahead
+
+        def posterior(node: int, a: int, y: int) -> tuple[float, float]:
+            """(P(good), P(mixed)) of ``node`` after y yes of a answers inside it."""
+            g, b, m = LH[node], LL[node], LM[node]
+            if a:
+                g += y * gy + (a - y) * gn
+                b += y * by + (a - y) * bn
+            top = max(g, b, m)
+            if top == inf:
+                return 0.0, 1.0
+            wg, wb, wm = exp(g - top), exp(b - top), exp(m - top)
+            t = wg + wb + wm
+            return wg / t, wm / t
 
         def key(node: int, seq: int) -> tuple:
             if FREE[node]:
                 return (0, seq, node)
             nj = N[node]
-            a, _, pend = count(start[node], end[node])
+            a, y, pend = count(start[node], end[node])
             taken = a + pend
             c = (ns if ns < nj else nj) - taken
             if c <= 0:
                 return (0, seq, node)
-            rj = R[node]
+            good, mixed = posterior(node, a, y)
+            rj = good * nj
             v = rj / c
             kl = left[node]
-            if look and kl >= 0 and PS[node] > 0.0:
+            if look and kl >= 0 and mixed > 0.0:
                 room = nj - taken          # free masks; the ask lands c of them, uniformly
                 gain, cost = 0.0, 0.0
                 for k in (kl, right[node]):
-                    gain += R[k]
+                    nk = N[k]
+                    ak, yk, pk = count(start[k], end[k])
+                    gain += posterior(k, ak, yk)[0] * nk
                     if not FREE[k]:
-                        nk = N[k]
-                        ak, _, pk = count(start[k], end[k])
                         tk = ak + pk
                         ck = (ns if ns < nk else nk) - tk - c * (nk - tk) / room
                         if ck > 0.0:
                             cost += ck
-                ps = PS[node]
-                v2 = (rj + ps * gain) / (c + ps * cost)
+                v2 = (rj + mixed * gain) / (c + mixed * cost)
                 if v2 > v:
                     v = v2
             return (1, -v, seq, node)
 
         self.key = key
+        self.posterior = posterior
 
 
 class ValueSimpleOrder(ValueOrder):
@@ -570,6 +597,7 @@ class Search:
         self._end = f.end.tolist()
         self._left = f.left.tolist()
         self._right = f.right.tolist()
+        self._parent = f.parent.tolist()
         self._heap: list = []
         self._n_queued = 0
         self._seq = 0
@@ -872,9 +900,11 @@ class Search:
         if masks.shape != labels.shape:
             raise ValueError("masks and labels differ in length")
         posl, st, pset, at = self._posl, self._pc.state, self._pc.set, self._asking_node_at
+        rekey = not self._order.static
         took_m: list[int] = []
         took_l: list[int] = []
         touched: set[int] = set()
+        stray: list[int] = []
         for mk, lb in zip(masks.tolist(), labels.tolist()):
             ps = posl[mk]
             if ps < 0 or st[ps] != 3:
@@ -882,6 +912,8 @@ class Search:
             j = at(ps)
             if j >= 0:
                 touched.add(j)
+            elif rekey:
+                stray.append(mk)
             lab = 1 if lb else 0
             pset(ps, 2 if lab else 1)
             took_m.append(mk)
@@ -890,9 +922,22 @@ class Search:
             idx = np.asarray(took_m, dtype=np.int64)
             self.pending[idx] = False
             self.answer[idx] = took_l
+        for mk in stray:
+            self._rekey_around(mk)
         if touched:
             self._settle(touched)
         return len(took_m)
+
+    def _rekey_around(self, mask: int) -> None:
+        """An answer landed outside every asking node: if a queued node holds ``mask``, push it
+        again with its new key (its old entry goes stale).  The queued node is the first
+        ancestor of the mask's leaf that the search has touched."""
+        parent, st = self._parent, self._st
+        j = int(self.forest.leaf_of_mask[mask])
+        while j >= 0 and st[j] == _UNSEEN:
+            j = parent[j]
+        if j >= 0 and st[j] == _QUEUED:
+            heappush(self._heap, self._order.key(j, self._seqa[j]))
 
     def release(self, masks) -> int:
         """Return outstanding questions unanswered (expired HIT, discarded answers)."""

@@ -11,9 +11,9 @@ import numpy as np
 from clustering.tree import Forest
 from orchestrator.errors import LabelpropError
 from orchestrator.results import RunResult, TraceRecorder
-from orchestrator.search import STRATEGIES, TREE_STRATEGIES, NodeState, Search, SearchParams
+from orchestrator.search import BASELINES, STRATEGIES, TREE_STRATEGIES, NodeState, Search, SearchParams
 
-__all__ = ["run_tree_search", "run_strategy", "point", "final"]
+__all__ = ["run_tree_search", "run_strategy", "point", "final", "BASELINE_RUNNERS"]
 
 
 def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.ndarray,
@@ -69,6 +69,31 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
 
 
 # ------------------------------------------------------------------ all strategies
+def _naive(triplets, forest, params, annotators, budget_questions, sweep_points):
+    from orchestrator import baselines
+    return baselines.run_naive(triplets.scores, triplets.ious, triplets.classes, annotators,
+                               params.kiou, budget_questions)
+
+
+def _universal(triplets, forest, params, annotators, budget_questions, sweep_points):
+    from orchestrator import baselines
+    return baselines.universal_sweep(forest, triplets.ious, annotators, points=sweep_points,
+                                     ns=params.ns, ka=params.ka, kiou=params.kiou,
+                                     budget_questions=budget_questions, seed=params.seed)
+
+
+def _lsun(triplets, forest, params, annotators, budget_questions, sweep_points):
+    from orchestrator import baselines
+    return baselines.run_lsun(triplets.features, triplets.scores, triplets.ious, triplets.classes,
+                              annotators, kiou=params.kiou, budget_questions=budget_questions,
+                              seed=params.seed)
+
+
+#: the simulation baselines by name (the tree searches are :data:`orchestrator.search.ORDERS`)
+BASELINE_RUNNERS = {"universal-threshold": _universal, "naive": _naive, "lsun": _lsun}
+assert tuple(BASELINE_RUNNERS) == BASELINES
+
+
 def run_strategy(name: str, triplets, forest: Forest, params: SearchParams, annotators,
                  budget_questions: int | None = None, sweep_points: int = 12):
     """Run one named strategy (see :data:`orchestrator.search.STRATEGIES`).
@@ -78,23 +103,13 @@ def run_strategy(name: str, triplets, forest: Forest, params: SearchParams, anno
     """
     from dataclasses import replace
 
-    from orchestrator import baselines
-
     if name in TREE_STRATEGIES:
         return run_tree_search(forest, replace(params, strategy=name), annotators, triplets.ious,
                                budget_questions, annotators.seconds_per_question)
-    if name == "naive":
-        return baselines.run_naive(triplets.scores, triplets.ious, triplets.classes, annotators,
-                                   params.kiou, budget_questions)
-    if name == "universal-threshold":
-        return baselines.universal_sweep(forest, triplets.ious, annotators, points=sweep_points,
-                                         ns=params.ns, ka=params.ka, kiou=params.kiou,
-                                         budget_questions=budget_questions, seed=params.seed)
-    if name == "lsun":
-        return baselines.run_lsun(triplets.features, triplets.scores, triplets.ious, triplets.classes,
-                                  annotators, kiou=params.kiou, budget_questions=budget_questions,
-                                  seed=params.seed)
-    raise LabelpropError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    runner = BASELINE_RUNNERS.get(name)
+    if runner is None:
+        raise LabelpropError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return runner(triplets, forest, params, annotators, budget_questions, sweep_points)
 
 
 def point(result, budget: int | None) -> dict:
