@@ -106,7 +106,7 @@ class SearchParams:
     quotas: tuple = ()      # ((class_id, masks wanted), ...): stop searching a class once met
     leaf_rule: str = "drop"     # single-mask leaf with K_pr < S <= K_pa: "drop" or "ask"
     acceptance: str = "fixed"   # "fixed" (the paper) or "size-aware"
-    risk_masks: float = 15.0    # size-aware: a node of n masks is wrongly accepted w.p. <= risk_masks / n
+    risk_masks: float = 100.0   # size-aware: a node of n masks is wrongly accepted w.p. <= risk_masks / n
     bad_margin: float = 0.1     # size-aware: "bad" quality is K_a - bad_margin
     max_answers: int = 0        # size-aware: most answers one node collects (0: 10 N_s)
     curve: AcceptanceCurve | None = None   # value strategies: P_h(S), P_l(S) (None: fallback ramp)

@@ -29,7 +29,7 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
     cum_iou = np.concatenate([[0.0], np.cumsum(ious[forest.order])])
     cum_ok = np.concatenate([[0], np.cumsum(truth[forest.order])])
     rec = TraceRecorder()
-    acc = [0, 0.0, 0, 0]  # masks, iou sum, correct, clusters
+    acc = [0, 0.0, 0, 0, 0]  # masks, iou sum, correct, clusters, largest accepted cluster
 
     ACC, REJ, SPLIT = NodeState.ACCEPTED, NodeState.REJECTED, NodeState.SPLIT
     start, end = forest.start, forest.end
@@ -45,6 +45,7 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
                 acc[1] += cum_iou[e] - cum_iou[s]
                 acc[2] += int(cum_ok[e] - cum_ok[s])
                 acc[3] += 1
+                acc[4] = max(acc[4], e - s)
                 changed = True
             elif st is REJ or st is SPLIT:
                 changed = True
@@ -65,7 +66,8 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
         strategy=params.strategy + ("+oracle" if params.oracle else ""),
         accepted=search.accepted_mask(), rejected=search.rejected_mask(),
         questions=search.questions_asked, clusters_annotated=search.clusters_annotated,
-        trace=rec.arrays(), seconds_per_question=seconds_per_question)
+        trace=rec.arrays(), seconds_per_question=seconds_per_question,
+        extra={"largest_accepted_cluster": acc[4]})
 
 
 # ------------------------------------------------------------------ all strategies

@@ -471,37 +471,33 @@ def test_class_quotas_stop_a_class_once_met():
 
 # ------------------------------------------------------------------ size-aware acceptance
 # K_a = 0.85, so q0 = 0.75 and q1 = 0.90: a yes adds log(0.90/0.75) = 0.18232 to the
-# log-likelihood ratio, a no adds log(0.10/0.25) = -0.91629.  risk_masks = 15.
+# log-likelihood ratio, a no adds log(0.10/0.25) = -0.91629.  risk_masks = 15, N_s = 15,
+# max_answers = 10 N_s = 150.
 @pytest.mark.parametrize("n,a,y,p,chunk,expect", [
-    (1500, 15, 15, 0, 0, (None, 11)),    # llr 2.7348 < log(100) = 4.6052: 11 more yes could reach it
-    (1500, 15, 15, 5, 0, (None, 6)),     # ... 5 are already out
-    (1500, 26, 26, 0, 0, ("ACCEPTED", 0)),  # llr 4.7403 >= 4.6052
-    (1500, 26, 25, 0, 0, (None, 6)),     # 25 yes, 1 no: llr 3.6418, ceil(5.28) = 6 more
-    (1500, 15, 12, 0, 0, ("SPLIT", 0)),  # Q = 0.8 < K_a: the paper's rule, as with fixed acceptance
+    (1500, 15, 15, 0, 0, (None, 11)),          # llr 2.7348 < log(1500/15) = 4.6052: ceil(10.26) = 11
+    (1500, 15, 15, 5, 0, (None, 6)),           # ... of which 5 are already out
+    (1500, 15, 15, 0, 4, (None, 4)),           # sequential sampling: at most chunk out at once
+    (1500, 26, 26, 0, 0, ("ACCEPTED", 0)),     # llr 4.7403 >= 4.6052
+    (1500, 26, 25, 0, 0, (None, 6)),           # llr 3.6418: ceil(5.28) = 6 more
+    (1500, 150, 140, 0, 0, ("ACCEPTED", 0)),   # llr 16.36
+    (1500, 15, 12, 0, 0, ("SPLIT", 0)),        # Q = 0.8 < K_a: the paper's rule decides
     (1500, 15, 2, 0, 0, ("REJECTED", 0)),
-    (1500, 15, 15, 0, 4, (None, 4)),     # sequential sampling: at most chunk outstanding
-    (150, 15, 15, 0, 0, ("ACCEPTED", 0)),   # log(10) = 2.3026 <= 2.7348
-    (200, 15, 15, 0, 0, (None, 2)),      # log(13.33) = 2.5903 ... 2.7348 reached? yes: accept
-    (15, 15, 13, 0, 0, ("ACCEPTED", 0)),  # n <= risk_masks: the fixed rule
-    (40, 40, 35, 0, 0, ("ACCEPTED", 0)),  # every mask answered: Q is exact
-    (1500, 150, 140, 0, 0, ("SPLIT", 0)),  # Q = 0.933 but llr 11.39 ... see below
-    (100000, 150, 130, 0, 0, ("SPLIT", 0)),  # at max_answers (10 N_s = 150) without the bound: split
-    (1500, 6, 6, 0, 3, (None, 3)),       # early stop would accept at 6/6 of 15 with chunk 3: go on
+    (1500, 6, 6, 0, 3, (None, 3)),             # the paper's early stop would accept 6/6: ask on
+    (1500, 6, 3, 0, 3, ("SPLIT", 0)),          # ... its early split stands (3 + 9 yes < 13)
+    (200, 15, 15, 0, 0, ("ACCEPTED", 0)),      # 2.7348 >= log(200/15) = 2.5903
+    (150, 15, 14, 0, 0, (None, 4)),            # llr 1.6366 < log(10) = 2.3026: ceil(3.65) = 4
+    (100000, 150, 130, 0, 0, ("SPLIT", 0)),    # llr 5.377 < log(6667) = 8.80 at 150 answers: split
+    (100000, 145, 126, 0, 0, (None, 5)),       # Q = 0.869: asks up to the cap, 5 more
+    (15, 15, 13, 0, 0, ("ACCEPTED", 0)),       # n <= risk_masks: the fixed rule
+    (40, 40, 35, 0, 0, ("ACCEPTED", 0)),       # every mask answered: Q is exact
 ])
 def test_size_aware_stopping_rule_by_hand(n, a, y, p, chunk, expect):
     from orchestrator.search import judge
-    params = SearchParams(acceptance="size-aware", chunk=chunk)
-    state, need = judge(n, a, y, p, params)
-    want_state, want_need = expect
-    if (n, a, y) == (200, 15, 15):          # 2.7348 >= 2.5903: accepted outright
-        want_state, want_need = "ACCEPTED", 0
-    if (n, a, y) == (1500, 150, 140):       # llr = 140 * 0.18232 - 10 * 0.91629 = 16.36 >= 4.61
-        want_state = "ACCEPTED"
-    assert (state.name if state else None, need) == (want_state, want_need)
-    # the fixed rule never asks beyond N_s
-    fixed_state, _ = judge(n, a, y, p, SearchParams(chunk=chunk))
-    if a >= min(15, n):
-        assert fixed_state is not None
+    state, need = judge(n, a, y, p, SearchParams(acceptance="size-aware", chunk=chunk, risk_masks=15))
+    assert (state.name if state else None, need) == expect
+    fixed, fneed = judge(n, a, y, p, SearchParams(chunk=chunk))
+    if expect[0] in ("SPLIT", "REJECTED") and a <= 15:
+        assert fixed is not None and fixed.name == expect[0]   # size-aware only ever delays an accept
 
 
 def test_size_aware_bound_controls_wrong_accepts():
@@ -509,7 +505,7 @@ def test_size_aware_bound_controls_wrong_accepts():
     n = 1500 masks are accepted at most risk_masks / n = 1% of the time (the fixed rule: ~24%)."""
     from orchestrator.search import judge
     rng = np.random.default_rng(0)
-    p = SearchParams(acceptance="size-aware")
+    p = SearchParams(acceptance="size-aware", risk_masks=15)
     wrong = {"fixed": 0, "size-aware": 0}
     for _ in range(2000):
         draws = (rng.random(150) < 0.75).astype(int)
