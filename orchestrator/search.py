@@ -79,6 +79,7 @@ FINAL = (NodeState.ACCEPTED, NodeState.REJECTED, NodeState.SPLIT,
 _UNSEEN, _QUEUED, _ASKING = 0, 1, 2
 _ACCEPTED, _REJECTED, _SPLIT, _AUTO_REJECTED, _AUTO_SPLIT = 3, 4, 5, 6, 7
 _ENUM = tuple(NodeState)
+_ANSWERED = frozenset((NodeState.ACCEPTED, NodeState.REJECTED, NodeState.SPLIT))
 _tuple_new = tuple.__new__
 
 LEAF_RULES = ("drop", "ask")
@@ -166,45 +167,44 @@ def _decide_code(q: float, ka: float) -> int:
     return _SPLIT
 
 
-class _Rule:
-    """:func:`judge` with its constants precomputed (one per search)."""
+def _rule(p: SearchParams):
+    """:func:`judge` as a closure over one search's constants: ``rule(n, a, y, p) -> (code,
+    need)`` with code 0 while undecided."""
+    ns, ka, chunk = p.ns, p.ka, p.chunk
+    size_aware = p.acceptance == "size-aware"
+    q0, q1 = p.test_qualities
+    l1 = math.log(q1 / q0)                     # log-likelihood ratio of a yes
+    l0 = math.log((1.0 - q1) / (1.0 - q0))     # ... and of a no (negative)
+    risk = float(p.risk_masks)
+    cap = p.answer_cap
+    log, ceil = math.log, math.ceil
 
-    __slots__ = ("ns", "ka", "chunk", "size_aware", "risk", "l1", "l0", "cap")
-
-    def __init__(self, p: SearchParams) -> None:
-        self.ns, self.ka, self.chunk = p.ns, p.ka, p.chunk
-        self.size_aware = p.acceptance == "size-aware"
-        q0, q1 = p.test_qualities
-        self.l1 = math.log(q1 / q0)                     # log-likelihood ratio of a yes
-        self.l0 = math.log((1.0 - q1) / (1.0 - q0))     # ... and of a no (negative)
-        self.risk = float(p.risk_masks)
-        self.cap = p.answer_cap
-
-    def __call__(self, n: int, a: int, y: int, p: int) -> tuple[int, int]:
-        ns, ka, chunk = self.ns, self.ka, self.chunk
+    def rule(n: int, a: int, y: int, pend: int) -> tuple[int, int]:
         T = ns if ns < n else n
         if a > 0 and (a >= T or (chunk > 0 and _decide_code(y / T, ka) == _decide_code((y + T - a) / T, ka))):
             # without sequential sampling a node waits for all N_s answers; with it, it stops
             # as soon as the decision at N_s answers can no longer change
             c = _decide_code(y / a, ka)
-            if c != _ACCEPTED or not self.size_aware or a >= n or n <= self.risk:
+            if c != _ACCEPTED or not size_aware or a >= n or n <= risk:
                 return c, 0
-            llr = y * self.l1 + (a - y) * self.l0
-            bound = math.log(n / self.risk)
+            llr = y * l1 + (a - y) * l0
+            bound = log(n / risk)
             if llr >= bound - 1e-9:
                 return _ACCEPTED, 0
-            if a >= self.cap:
+            if a >= cap:
                 return _SPLIT, 0
             # the fewest yes answers that could still reach the bound, counting those out
-            k = math.ceil((bound - llr) / self.l1 - 1e-9)
-            need = min(k, n - a, self.cap - a, ns) - p
+            k = ceil((bound - llr) / l1 - 1e-9)
+            need = min(k, n - a, cap - a, ns) - pend
             if chunk > 0:
-                need = min(need, chunk - p)
+                need = min(need, chunk - pend)
             return 0, (need if need > 0 else 0)
-        need = T - a - p
+        need = T - a - pend
         if chunk > 0:
-            need = min(need, chunk - p)
+            need = min(need, chunk - pend)
         return 0, need
+
+    return rule
 
 
 def judge(n: int, a: int, y: int, p: int, params: SearchParams) -> tuple[NodeState | None, int]:
@@ -231,12 +231,11 @@ def judge(n: int, a: int, y: int, p: int, params: SearchParams) -> tuple[NodeSta
     bound (at most N_s, or ``chunk``, outstanding at once); if Q dips below K_a it is
     rejected or split as usual, and at ``max_answers`` answers (default 10 N_s) it is split.
     """
-    code, need = _Rule(params)(int(n), int(a), int(y), int(p))
+    code, need = _rule(params)(int(n), int(a), int(y), int(p))
     return (NodeState(code) if code else None), need
 
 
-@dataclass(frozen=True)
-class Ask:
+class Ask(NamedTuple):
     """Questions to post: masks of ``node`` sampled in sampling round ``round``."""
 
     node: int
@@ -316,27 +315,40 @@ class _Order:
     """How a tree strategy orders the queue.
 
     ``key(node, seq)`` is the heap entry of ``node`` pushed with sequence number ``seq``
-    (smallest pops first).  Static orders (a waiting node's key never changes) use plain
-    ints whose low ``search._sbits`` bits are ``seq``, so the heap compares ints and the
-    node is ``search._seqnode[entry & mask]``; ``expand(node, seq)`` returns a split node's
-    two children and their entries, pushed in that order with ``seq + 1`` and ``seq + 2``
-    (the hot path of auto-splits).  Other orders use tuples ending with the node id and
-    are re-keyed when popped (:meth:`Search.next_questions`).
+    (smallest pops first); ``expand(node, seq)`` returns a split node's two children in the
+    order they are pushed and their entries, with sequence numbers ``seq + 1`` and
+    ``seq + 2``.
+
+    Static orders (a waiting node's key never changes) use plain ints whose low
+    ``search._sbits`` bits are ``seq``, so the heap compares ints and the node is
+    ``search._seqnode[entry & mask]``: the entry is ``base[node] | seq`` (first in, first
+    out among equal bases) or, with ``lifo``, ``(top - seq) << sbits | seq``; ``swap(node)``
+    says whether the right child is pushed first.  :meth:`Search.next_questions` inlines
+    this.  Other orders use tuples ending with the node id and are re-keyed when popped.
     """
 
     name = ""
     static = True
+    base: array | None = None       # per-node high bits of the key (None: all zero)
+    lifo = False
+    swap: Callable[[int], bool] | None = None
 
     def __init__(self, search: "Search") -> None:
         self.search = search
-        left, right = search._left, search._right
-        self.children = lambda node: (left[node], right[node])
+        sb = search._sbits
+        self.top = (1 << sb) - 1
+        self.sbits = sb
 
-    def key(self, node: int, seq: int):  # pragma: no cover - every order overrides it
-        raise AssertionError("abstract")
+    def key(self, node: int, seq: int):
+        if self.lifo:
+            return ((self.top - seq) << self.sbits) | seq
+        return seq if self.base is None else self.base[node] | seq
 
     def expand(self, node: int, seq: int) -> tuple:
-        a, b = self.children(node)
+        s = self.search
+        a, b = s._left[node], s._right[node]
+        if self.swap is not None and self.swap(node):
+            a, b = b, a
         return a, b, self.key(a, seq + 1), self.key(b, seq + 2)
 
 
@@ -347,16 +359,8 @@ class HeuristicOrder(_Order):
 
     def __init__(self, search: "Search") -> None:
         super().__init__(search)
-        left, right, sb = search._left, search._right, search._sbits
         # dense rank of -S: equal scores share a rank, so ties fall to seq exactly as (-S, seq)
-        R = [r << sb for r in np.unique(-search._S, return_inverse=True)[1].ravel().tolist()]
-        self.key = lambda node, seq: R[node] | seq
-
-        def expand(node: int, seq: int) -> tuple:
-            a, b = left[node], right[node]
-            return a, b, R[a] | (seq + 1), R[b] | (seq + 2)
-
-        self.expand = expand
+        self.base = _ints(np.unique(-search._S, return_inverse=True)[1].ravel().astype(np.int64) << self.sbits)
 
 
 class BfsOrder(_Order):
@@ -364,57 +368,31 @@ class BfsOrder(_Order):
 
     name = "bfs"
 
-    def __init__(self, search: "Search") -> None:
-        super().__init__(search)
-        left, right = search._left, search._right
-        self.key = lambda node, seq: seq
-        self.expand = lambda node, seq: (left[node], right[node], seq + 1, seq + 2)
 
-
-class _LifoOrder(_Order):
-    static = True
-
-    def __init__(self, search: "Search") -> None:
-        super().__init__(search)
-        sb = search._sbits
-        top = (1 << sb) - 1
-        self.key = lambda node, seq: ((top - seq) << sb) | seq     # last in, first out
-
-
-class DfsOrder(_LifoOrder):
+class DfsOrder(_Order):
     """Last in, first out; a split node's children in a seeded random order."""
 
     name = "dfs"
+    lifo = True
 
     def __init__(self, search: "Search") -> None:
         super().__init__(search)
-        left, right, seed = search._left, search._right, search.params.seed
-
-        def children(node: int) -> tuple[int, int]:
-            a, b = left[node], right[node]
-            # == numpy.random.default_rng((seed, node, 1 << 20)).random() < 0.5, built faster
-            if _rng((seed, node, 1 << 20)).random() < 0.5:
-                return b, a
-            return a, b
-
-        self.children = children
+        seed = search.params.seed
+        # == numpy.random.default_rng((seed, node, 1 << 20)).random() < 0.5, built faster
+        self.swap = lambda node: _rng((seed, node, 1 << 20)).random() < 0.5
 
 
-class DfsHeuristicOrder(_LifoOrder):
+class DfsHeuristicOrder(_Order):
     """Last in, first out; the child with the higher S is popped first."""
 
     name = "dfs-heuristic"
+    lifo = True
 
     def __init__(self, search: "Search") -> None:
         super().__init__(search)
         left, right, S = search._left, search._right, search._Sl
-
-        def children(node: int) -> tuple[int, int]:
-            a, b = left[node], right[node]
-            # pushed last = popped first: push the lower-S child first
-            return (b, a) if S[a] > S[b] else (a, b)
-
-        self.children = children
+        # pushed last = popped first: push the lower-S child first
+        self.swap = lambda node: S[left[node]] > S[right[node]]
 
 
 class ValueOrder(_Order):
@@ -465,11 +443,11 @@ class ValueOrder(_Order):
         free = S <= p.kpa
         if p.leaf_rule == "ask":
             free &= (f.left >= 0) | (S <= p.kpr)
-        self.free = free.tolist()
+        self.free = bytes(free.astype(np.uint8))
         with np.errstate(divide="ignore"):
-            LH, LL, LM = (np.log(ph).tolist(), np.log(pl).tolist(),
-                          np.log(np.clip(1.0 - ph - pl, 0.0, 1.0)).tolist())
-        N = n.tolist()
+            LH, LL, LM = (_floats(np.log(ph)), _floats(np.log(pl)),
+                          _floats(np.log(np.clip(1.0 - ph - pl, 0.0, 1.0))))
+        N = _ints(n)
         FREE = self.free
         ns = p.ns
         qg, qb, qm = (1.0 + p.ka) / 2.0, (1.0 - p.ka) / 2.0, 0.5
@@ -542,6 +520,18 @@ BASELINES = ("universal-threshold", "naive", "lsun")
 STRATEGIES = TREE_STRATEGIES + BASELINES
 
 
+def _ints(a: np.ndarray) -> array:
+    out = array("q")
+    out.frombytes(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    return out
+
+
+def _floats(a: np.ndarray) -> array:
+    out = array("d")
+    out.frombytes(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return out
+
+
 def _rng(key: tuple) -> np.random.Generator:
     """``numpy.random.default_rng(key)``, the same stream, built without its argument checks."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
@@ -581,28 +571,30 @@ class Search:
         self.node_seq = np.frombuffer(self._seqa, dtype=np.int64)
         self.node_q = np.full(m, np.nan)
         self.node_rounds = np.zeros(m, dtype=np.int32)
-        self.answer = np.full(n, -1, dtype=np.int8)
-        self.pending = np.zeros(n, dtype=np.bool_)
+        self._ans = bytearray(b"\xff") * n             # answer per mask: 0xff (-1) none, 0 no, 1 yes
+        self.answer = np.frombuffer(self._ans, dtype=np.int8)
+        self._pend = bytearray(n)                        # 1: a question about the mask is out
+        self.pending = np.frombuffer(self._pend, dtype=np.bool_)
         self._pos = np.empty(n, dtype=np.int64)          # leaf position of each mask
         self._pos.fill(-1)
         self._pos[f.order] = np.arange(f.order.shape[0])
-        self._posl = self._pos.tolist()
-        self._orderl = f.order.tolist()
+        # hot per-mask / per-node data as array.array: built by a copy (not millions of int
+        # objects), compact, invisible to the cyclic garbage collector, indexed from Python
+        self._posl = _ints(self._pos)
         npos = f.order.shape[0]
         self._pc = _Counts(bytearray(npos))
         self._pview = np.frombuffer(self._pc.state, dtype=np.uint8)
         self._S = f.mean_scores
-        self._Sl = self._S.tolist()
-        self._start = f.start.tolist()
-        self._end = f.end.tolist()
-        self._left = f.left.tolist()
-        self._right = f.right.tolist()
-        self._parent = f.parent.tolist()
+        self._Sl = _floats(self._S)
+        self._start = _ints(f.start)
+        self._end = _ints(f.end)
+        self._left = _ints(f.left)
+        self._right = _ints(f.right)
         self._heap: list = []
         self._n_queued = 0
         self._seq = 0
         self._sbits = (m + 2).bit_length()   # every node is pushed at most once: seq <= m
-        self._seqnode: list[int] = [-1]      # node pushed with each seq
+        self._seqnode = array("q", [-1])      # node pushed with each seq
         self._asking: set[int] = set()
         # Nodes being asked never nest (children are queued only once their parent is
         # decided), so their leaf ranges are disjoint: a sorted list of their starts finds
@@ -612,11 +604,10 @@ class Search:
         self._hungry: set[int] = set()   # asking nodes that may need more questions now
         self._quota = {int(c): int(q) for c, q in self.params.quotas}
         self._class_accepted: dict[int, int] = {}
-        self._node_class = f.node_class.tolist()
-        self._rule = _Rule(self.params)
+        self._rule = _rule(self.params)
         self._order = ORDERS[self.params.strategy](self)
-        self.dirty: set[int] = set()                      # nodes changed since last drain
-        self.decisions: list[Decision] = []               # decisions since last drain
+        self.dirty: set[int] = set()        # nodes changed since last drain (see drain)
+        self._dec: list = []                # decisions since last drain; an int: auto-split node
         if self.params.oracle:
             if self.truth is None:
                 raise LabelpropError("oracle mode needs ground-truth IoUs")
@@ -637,11 +628,22 @@ class Search:
         heappush(self._heap, self._order.key(node, seq))
 
     def _push_children(self, node: int) -> None:
+        """Queue a split node's two children (== ``_push`` of each, in the order's order)."""
         if self._left[node] < 0:
             return
-        a, b = self._order.children(node)
-        self._push(a)
-        self._push(b)
+        seq = self._seq
+        a, b, ea, eb = self._order.expand(node, seq)
+        self._seq = seq + 2
+        self._seqnode.extend((a, b))
+        st, seqa = self._st, self._seqa
+        st[a] = st[b] = _QUEUED
+        seqa[a] = seq + 1
+        seqa[b] = seq + 2
+        self._n_queued += 2
+        self.dirty.add(a)
+        self.dirty.add(b)
+        heappush(self._heap, ea)
+        heappush(self._heap, eb)
 
     # ------------------------------------------------------------- counting
     def counts(self, node: int) -> tuple[int, int, int]:
@@ -658,15 +660,16 @@ class Search:
         self.dirty.add(node)
         if node in self._asking:
             self._stop_asking(node)
-        self.decisions.append(Decision(node, _ENUM[state], q, n_answered))
+        self._dec.append(_tuple_new(Decision, (node, _ENUM[state], q, n_answered)))
         if state == _ACCEPTED and self._quota:
-            c = self._node_class[node]
+            c = int(self.forest.node_class[node])
             self._class_accepted[c] = self._class_accepted.get(c, 0) + self._end[node] - self._start[node]
         if state == _SPLIT or state == _AUTO_SPLIT:
             self._push_children(node)
 
-    def _visit(self, node: int) -> None:
-        """A node popped from the queue: early rules, oracle, or start asking."""
+    def _visit(self, node: int) -> int:
+        """A node popped from the queue: early rules, oracle, the answers already inside it,
+        or start asking.  Returns how many questions it should post now (-1: decided)."""
         p = self.params
         self._n_queued -= 1
         if self.on_visit is not None:
@@ -674,18 +677,21 @@ class Search:
         S = self._Sl[node]
         if S <= p.kpr:
             self._decide(node, _AUTO_REJECTED, math.nan, 0)
-            return
+            return -1
         if S <= p.kpa and not (p.leaf_rule == "ask" and self._left[node] < 0):
             self._decide(node, _AUTO_SPLIT, math.nan, 0)
-            return
+            return -1
         if p.oracle:
             q = float(self._Q[node])
             self.clusters_annotated += 1
             self._decide(node, _decide_code(q, p.ka), q, self._end[node] - self._start[node])
-            return
+            return -1
         self._st[node] = _ASKING
         self.dirty.add(node)
-        self._start_asking(node)
+        need = self._judge(node)      # answers inherited from its ancestors may decide it at once
+        if need >= 0:
+            self._start_asking(node)
+        return need
 
     def _start_asking(self, node: int) -> None:
         self._asking.add(node)
@@ -735,10 +741,13 @@ class Search:
 
     def _advance(self, node: int, cap: float) -> Ask | None:
         """Decide ``node`` if its outcome is determined, else sample what it still needs
-        (at most ``cap`` questions); a node that needs nothing more now stops being hungry."""
+        (at most ``cap`` questions)."""
         need = self._judge(node)
-        if need < 0:
-            return None
+        return None if need < 0 else self._ask_now(node, need, cap)
+
+    def _ask_now(self, node: int, need: int, cap: float) -> Ask | None:
+        """Sample ``need`` questions of an asking node, at most ``cap``; a node that needs
+        nothing more now stops being hungry."""
         want = need if need <= cap else int(cap)
         if want >= need:
             self._hungry.discard(node)   # waits for answers (record/release wake it up)
@@ -776,14 +785,21 @@ class Search:
                         if len(chosen) == k:
                             break
             pos = sorted(chosen)
-        pset, orderl = self._pc.set, self._orderl
-        for ps in pos:
-            pset(ps, 3)
-        masks = np.array([orderl[ps] for ps in pos], dtype=np.int64)
-        self.pending[masks] = True
+        pc = self._pc
+        code, levels = pc.code, pc.levels
+        for ps in pos:              # == pc.set(ps, 3), inlined
+            d = code[3] - code[st[ps]]
+            st[ps] = 3
+            for lv in levels:
+                ps >>= 6
+                lv[ps] += d
+        masks = self.forest.order[pos]
+        pend = self._pend
+        for mk in masks.tolist():
+            pend[mk] = 1
         self.questions_asked += len(pos)
         self.dirty.add(node)
-        return Ask(node, masks, rnd)
+        return _tuple_new(Ask, (node, masks, rnd))
 
     # -------------------------------------------------------------- driving
     def next_questions(self, max_questions: int | None = None, max_nodes: int | None = None,
@@ -812,29 +828,26 @@ class Search:
                     budget -= ask.masks.shape[0]
                     got += ask.masks.shape[0]
         # the queue, with the auto-split rule inlined: most pops at scale are auto-splits
-        heap, st, seqa, Sl, left = self._heap, self._st, self._seqa, self._Sl, self._left
-        seqnode = self._seqnode
-        smask = (1 << self._sbits) - 1
+        heap, st, seqa, Sl = self._heap, self._st, self._seqa, self._Sl
+        left, right, seqnode = self._left, self._right, self._seqnode
         order = self._order
         key, expand, static = order.key, order.expand, order.static
+        base, lifo, swap = order.base, order.lifo, order.swap
+        sb, top = order.sbits, order.top
+        smask = (1 << sb) - 1
         p = self.params
         kpr, kpa = p.kpr, p.kpa
         leaf_ask = p.leaf_rule == "ask"
         inline = self.on_visit is None
         quota = bool(self._quota)
         asking = self._asking
-        dirty_add = self.dirty.add
-        dec_append = self.decisions.append
-        auto = (_ENUM[_AUTO_SPLIT], math.nan, 0)
+        dec_append = self._dec.append
         max_open = math.inf if max_nodes is None else max_nodes
         entry = None          # the next entry, when an auto-split already took it off the heap
         while (entry is not None or heap) and budget > 0 and got < soft and len(asking) < max_open:
             if entry is None:
                 entry = heappop(heap)
-            if static:
-                node = seqnode[entry & smask]
-            else:
-                node = entry[-1]
+            node = seqnode[entry & smask] if static else entry[-1]
             if st[node] != _QUEUED:
                 entry = None
                 continue
@@ -849,34 +862,49 @@ class Search:
                 entry = None
                 continue
             S = Sl[node]
-            if inline and kpr < S <= kpa and not (leaf_ask and left[node] < 0):
-                # auto-split (== _visit + _decide + _push_children), inlined
-                st[node] = _AUTO_SPLIT
-                dirty_add(node)
-                dec_append(_tuple_new(Decision, (node, *auto)))
-                if left[node] < 0:
-                    self._n_queued -= 1
-                    entry = None
+            if inline and kpr < S <= kpa:
+                a = left[node]
+                if a < 0:
+                    if not leaf_ask:     # a one-mask leaf: dropped
+                        st[node] = _AUTO_SPLIT
+                        dec_append(node)
+                        self._n_queued -= 1
+                        entry = None
+                        continue
+                else:
+                    # auto-split (== _visit + _decide + _push_children), inlined; drain() marks
+                    # the node and its children changed
+                    st[node] = _AUTO_SPLIT
+                    dec_append(node)
+                    seq = self._seq
+                    self._seq = s2 = seq + 2
+                    s1 = seq + 1
+                    if static:
+                        b = right[node]
+                        if swap is not None and swap(node):
+                            a, b = b, a
+                        if lifo:
+                            ea, eb = ((top - s1) << sb) | s1, ((top - s2) << sb) | s2
+                        elif base is None:
+                            ea, eb = s1, s2
+                        else:
+                            ea, eb = base[a] | s1, base[b] | s2
+                    else:
+                        a, b, ea, eb = expand(node, seq)
+                    self._n_queued += 1
+                    seqnode.append(a)
+                    seqnode.append(b)
+                    st[a] = st[b] = _QUEUED
+                    seqa[a] = s1
+                    seqa[b] = s2
+                    heappush(heap, ea)
+                    # nothing the loop tests has changed, so it pops next: push and pop in one step
+                    entry = heappushpop(heap, eb)
                     continue
-                seq = self._seq
-                a, b, ea, eb = expand(node, seq)
-                self._seq = seq + 2
-                self._n_queued += 1
-                seqnode.append(a)
-                seqnode.append(b)
-                st[a] = st[b] = _QUEUED
-                seqa[a] = seq + 1
-                seqa[b] = seq + 2
-                dirty_add(a)
-                dirty_add(b)
-                heappush(heap, ea)
-                # nothing the loop tests has changed, so it pops next: push and pop in one step
-                entry = heappushpop(heap, eb)
-                continue
             entry = None
-            self._visit(node)
-            if node in asking:
-                ask = self._advance(node, budget)
+            need = self._visit(node)
+            if need >= 0:
+                ask = self._ask_now(node, need, budget)
                 if ask is not None:
                     asks.append(ask)
                     budget -= ask.masks.shape[0]
@@ -886,7 +914,7 @@ class Search:
         return asks
 
     def _quota_met(self, node: int) -> bool:
-        c = self._node_class[node]
+        c = int(self.forest.node_class[node])
         return c in self._quota and self._class_accepted.get(c, 0) >= self._quota[c]
 
     def record(self, masks, labels) -> int:
@@ -899,29 +927,41 @@ class Search:
         labels = np.asarray(labels).ravel()
         if masks.shape != labels.shape:
             raise ValueError("masks and labels differ in length")
-        posl, st, pset, at = self._posl, self._pc.state, self._pc.set, self._asking_node_at
+        posl, pc, at = self._posl, self._pc, self._asking_node_at
+        st, code, levels = pc.state, pc.code, pc.levels
+        start, end = self._start, self._end
         rekey = not self._order.static
         took_m: list[int] = []
         took_l: list[int] = []
         touched: set[int] = set()
         stray: list[int] = []
+        js, je, jn = 0, 0, -1       # the asking node found last (answers come in runs per node)
         for mk, lb in zip(masks.tolist(), labels.tolist()):
             ps = posl[mk]
             if ps < 0 or st[ps] != 3:
                 continue
-            j = at(ps)
-            if j >= 0:
-                touched.add(j)
-            elif rekey:
-                stray.append(mk)
+            if not js <= ps < je:
+                jn = at(ps)
+                if jn >= 0:
+                    js, je = start[jn], end[jn]
+                    touched.add(jn)
+                else:
+                    js = je = 0
+                    if rekey:
+                        stray.append(mk)
             lab = 1 if lb else 0
-            pset(ps, 2 if lab else 1)
+            new = 2 if lab else 1   # == pc.set(ps, new), inlined
+            d = code[new] - code[3]
+            st[ps] = new
+            for lv in levels:
+                ps >>= 6
+                lv[ps] += d
             took_m.append(mk)
             took_l.append(lab)
-        if took_m:
-            idx = np.asarray(took_m, dtype=np.int64)
-            self.pending[idx] = False
-            self.answer[idx] = took_l
+        pend, ans = self._pend, self._ans
+        for mk, lab in zip(took_m, took_l):
+            pend[mk] = 0
+            ans[mk] = lab
         for mk in stray:
             self._rekey_around(mk)
         if touched:
@@ -932,10 +972,10 @@ class Search:
         """An answer landed outside every asking node: if a queued node holds ``mask``, push it
         again with its new key (its old entry goes stale).  The queued node is the first
         ancestor of the mask's leaf that the search has touched."""
-        parent, st = self._parent, self._st
+        parent, st = self.forest.parent, self._st
         j = int(self.forest.leaf_of_mask[mask])
         while j >= 0 and st[j] == _UNSEEN:
-            j = parent[j]
+            j = int(parent[j])
         if j >= 0 and st[j] == _QUEUED:
             heappush(self._heap, self._order.key(j, self._seqa[j]))
 
@@ -952,8 +992,9 @@ class Search:
             if j >= 0:
                 self._hungry.add(j)   # its node asks again
             freed.append(mk)
-        if freed:
-            self.pending[np.asarray(freed, dtype=np.int64)] = False
+        pend = self._pend
+        for mk in freed:
+            pend[mk] = 0
         return len(freed)
 
     def _settle(self, nodes: set[int]) -> None:
@@ -992,11 +1033,35 @@ class Search:
         return out
 
     # ------------------------------------------------------------ snapshots
+    @property
+    def decisions(self) -> list[Decision]:
+        """Decisions made since the last :meth:`drain`, in order."""
+        return [d if d.__class__ is Decision else _tuple_new(Decision, (d, _ENUM[_AUTO_SPLIT], math.nan, 0))
+                for d in self._dec]
+
+    def take_decisions(self) -> list[Decision]:
+        """The accept, reject and split decisions (by answers or the oracle) made since the
+        last call, for callers that keep no store (simulation): the early rules' decisions
+        and the changed nodes are forgotten, not collected as :meth:`drain` does."""
+        keep = _ANSWERED
+        dec = [d for d in self._dec if d.__class__ is Decision and d[1] in keep]
+        self._dec = []
+        self.dirty.clear()
+        return dec
+
     def drain(self) -> tuple[list[int], list[Decision]]:
         """Nodes changed and decisions made since the last drain (for persistence)."""
-        dirty, dec = sorted(self.dirty), self.decisions
-        self.dirty, self.decisions = set(), []
-        return dirty, dec
+        dirty, left, right = self.dirty, self._left, self._right
+        for d in self._dec:
+            if d.__class__ is not Decision:      # an inlined auto-split: it and its children changed
+                dirty.add(d)
+                if left[d] >= 0:
+                    dirty.add(left[d])
+                    dirty.add(right[d])
+        dec = self.decisions
+        out = sorted(dirty)
+        self.dirty, self._dec = set(), []
+        return out, dec
 
     @classmethod
     def restore(cls, forest: Forest, params: SearchParams, *, node_ids, states, seqs, qs, rounds,
@@ -1018,12 +1083,12 @@ class Search:
         seqnode = np.full(s._seq + 1, -1, dtype=np.int64)
         touched_seq = s.node_seq[node_ids]
         seqnode[touched_seq[touched_seq > 0]] = node_ids[touched_seq > 0]
-        s._seqnode = seqnode.tolist()
+        s._seqnode = _ints(seqnode)
         s._n_queued = int(np.count_nonzero(s.node_state == NodeState.QUEUED))
         if s._quota:
             acc = np.flatnonzero(s.node_state == NodeState.ACCEPTED)
             for j in acc.tolist():
-                c = s._node_class[j]
+                c = int(forest.node_class[j])
                 s._class_accepted[c] = s._class_accepted.get(c, 0) + s._end[j] - s._start[j]
         am = np.asarray(answered_masks, dtype=np.int64)
         al = np.asarray(answered_labels, dtype=np.int8)
@@ -1047,5 +1112,5 @@ class Search:
         s.questions_asked = int(questions_asked)
         s.clusters_annotated = int(clusters_annotated)
         s.dirty.clear()
-        s.decisions.clear()
+        s._dec = []
         return s

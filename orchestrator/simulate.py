@@ -35,7 +35,7 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
     start, end = forest.start, forest.end
 
     def flush() -> None:
-        _, decisions = search.drain()
+        decisions = search.take_decisions()
         changed = False
         for d in decisions:
             st = d[1]
