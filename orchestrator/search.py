@@ -567,10 +567,13 @@ class Search:
         m, n = f.n_nodes, f.n_masks
         self._st = bytearray(m)
         self.node_state = np.frombuffer(self._st, dtype=np.int8)
-        self._seqa = array("q", bytes(8 * m))
+        self._seqa = memoryview(bytearray(8 * m)).cast("q")   # seq of each node (0: never queued)
         self.node_seq = np.frombuffer(self._seqa, dtype=np.int64)
-        self.node_q = np.full(m, np.nan)
-        self.node_rounds = np.zeros(m, dtype=np.int32)
+        self._q = memoryview(bytearray(8 * m)).cast("d")        # estimated quality of decided nodes
+        self.node_q = np.frombuffer(self._q, dtype=np.float64)
+        self.node_q.fill(np.nan)
+        self._rounds = memoryview(bytearray(4 * m)).cast("i")   # sampling rounds drawn per node
+        self.node_rounds = np.frombuffer(self._rounds, dtype=np.int32)
         self._ans = bytearray(b"\xff") * n             # answer per mask: 0xff (-1) none, 0 no, 1 yes
         self.answer = np.frombuffer(self._ans, dtype=np.int8)
         self._pend = bytearray(n)                        # 1: a question about the mask is out
@@ -594,7 +597,7 @@ class Search:
         self._n_queued = 0
         self._seq = 0
         self._sbits = (m + 2).bit_length()   # every node is pushed at most once: seq <= m
-        self._seqnode = array("q", [-1])      # node pushed with each seq
+        self._seqnode: list[int] = [-1]      # node pushed with each seq
         self._asking: set[int] = set()
         # Nodes being asked never nest (children are queued only once their parent is
         # decided), so their leaf ranges are disjoint: a sorted list of their starts finds
@@ -634,7 +637,7 @@ class Search:
         seq = self._seq
         a, b, ea, eb = self._order.expand(node, seq)
         self._seq = seq + 2
-        self._seqnode.extend((a, b))
+        self._seqnode += (a, b)
         st, seqa = self._st, self._seqa
         st[a] = st[b] = _QUEUED
         seqa[a] = seq + 1
@@ -656,7 +659,7 @@ class Search:
     # ------------------------------------------------------------- decisions
     def _decide(self, node: int, state: int, q: float, n_answered: int) -> None:
         self._st[node] = state
-        self.node_q[node] = q
+        self._q[node] = q
         self.dirty.add(node)
         if node in self._asking:
             self._stop_asking(node)
@@ -755,8 +758,8 @@ class Search:
 
     def _sample(self, node: int, k: int) -> Ask:
         s, e = self._start[node], self._end[node]
-        rnd = int(self.node_rounds[node])
-        self.node_rounds[node] = rnd + 1
+        rnd = self._rounds[node]
+        self._rounds[node] = rnd + 1
         size = e - s
         st = self._pc.state
         if size <= 64 * k:
@@ -844,9 +847,60 @@ class Search:
         dec_append = self._dec.append
         max_open = math.inf if max_nodes is None else max_nodes
         entry = None          # the next entry, when an auto-split already took it off the heap
+        fast = static and inline and not quota
         while (entry is not None or heap) and budget > 0 and got < soft and len(asking) < max_open:
             if entry is None:
                 entry = heappop(heap)
+            if fast:
+                # runs of auto-splits under a static order: nothing the outer loop tests can
+                # change during a run, so it stays here until a node needs more than the rule
+                seq, nq = self._seq, self._n_queued
+                while True:
+                    node = seqnode[entry & smask]
+                    if st[node] != _QUEUED:
+                        entry = heappop(heap) if heap else None
+                        if entry is None:
+                            break
+                        continue
+                    S = Sl[node]
+                    if not kpr < S <= kpa:
+                        break
+                    a = left[node]
+                    if a < 0:
+                        if leaf_ask:
+                            break
+                        st[node] = _AUTO_SPLIT          # a one-mask leaf: dropped
+                        dec_append(node)
+                        nq -= 1
+                        entry = heappop(heap) if heap else None
+                        if entry is None:
+                            break
+                        continue
+                    # auto-split (== _visit + _decide + _push_children); drain() marks the node
+                    # and its children changed
+                    st[node] = _AUTO_SPLIT
+                    dec_append(node)
+                    b = right[node]
+                    if swap is not None and swap(node):
+                        a, b = b, a
+                    s1 = seq + 1
+                    seq = s2 = seq + 2
+                    if lifo:
+                        ea, eb = ((top - s1) << sb) | s1, ((top - s2) << sb) | s2
+                    elif base is None:
+                        ea, eb = s1, s2
+                    else:
+                        ea, eb = base[a] | s1, base[b] | s2
+                    nq += 1
+                    seqnode += (a, b)
+                    st[a] = st[b] = _QUEUED
+                    seqa[a] = s1
+                    seqa[b] = s2
+                    heappush(heap, ea)
+                    entry = heappushpop(heap, eb)   # push and pop in one step
+                self._seq, self._n_queued = seq, nq
+                if entry is None:
+                    break
             node = seqnode[entry & smask] if static else entry[-1]
             if st[node] != _QUEUED:
                 entry = None
@@ -862,45 +916,26 @@ class Search:
                 entry = None
                 continue
             S = Sl[node]
-            if inline and kpr < S <= kpa:
+            if inline and kpr < S <= kpa and not (left[node] < 0 and leaf_ask):
+                # auto-split outside the fast runs (value orders, quotas), inlined
                 a = left[node]
-                if a < 0:
-                    if not leaf_ask:     # a one-mask leaf: dropped
-                        st[node] = _AUTO_SPLIT
-                        dec_append(node)
-                        self._n_queued -= 1
-                        entry = None
-                        continue
-                else:
-                    # auto-split (== _visit + _decide + _push_children), inlined; drain() marks
-                    # the node and its children changed
-                    st[node] = _AUTO_SPLIT
-                    dec_append(node)
-                    seq = self._seq
-                    self._seq = s2 = seq + 2
-                    s1 = seq + 1
-                    if static:
-                        b = right[node]
-                        if swap is not None and swap(node):
-                            a, b = b, a
-                        if lifo:
-                            ea, eb = ((top - s1) << sb) | s1, ((top - s2) << sb) | s2
-                        elif base is None:
-                            ea, eb = s1, s2
-                        else:
-                            ea, eb = base[a] | s1, base[b] | s2
-                    else:
-                        a, b, ea, eb = expand(node, seq)
-                    self._n_queued += 1
-                    seqnode.append(a)
-                    seqnode.append(b)
-                    st[a] = st[b] = _QUEUED
-                    seqa[a] = s1
-                    seqa[b] = s2
-                    heappush(heap, ea)
-                    # nothing the loop tests has changed, so it pops next: push and pop in one step
-                    entry = heappushpop(heap, eb)
+                st[node] = _AUTO_SPLIT
+                dec_append(node)
+                if a < 0:                # a one-mask leaf: dropped
+                    self._n_queued -= 1
+                    entry = None
                     continue
+                seq = self._seq
+                self._seq = seq + 2
+                a, b, ea, eb = expand(node, seq)
+                self._n_queued += 1
+                seqnode += (a, b)
+                st[a] = st[b] = _QUEUED
+                seqa[a] = seq + 1
+                seqa[b] = seq + 2
+                heappush(heap, ea)
+                entry = heappushpop(heap, eb)
+                continue
             entry = None
             need = self._visit(node)
             if need >= 0:
@@ -1083,7 +1118,7 @@ class Search:
         seqnode = np.full(s._seq + 1, -1, dtype=np.int64)
         touched_seq = s.node_seq[node_ids]
         seqnode[touched_seq[touched_seq > 0]] = node_ids[touched_seq > 0]
-        s._seqnode = _ints(seqnode)
+        s._seqnode = seqnode.tolist()
         s._n_queued = int(np.count_nonzero(s.node_state == NodeState.QUEUED))
         if s._quota:
             acc = np.flatnonzero(s.node_state == NodeState.ACCEPTED)

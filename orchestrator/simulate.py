@@ -31,26 +31,22 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
     rec = TraceRecorder()
     acc = [0, 0.0, 0, 0, 0]  # masks, iou sum, correct, clusters, largest accepted cluster
 
-    ACC, REJ, SPLIT = NodeState.ACCEPTED, NodeState.REJECTED, NodeState.SPLIT
+    ACC = NodeState.ACCEPTED
     start, end = forest.start, forest.end
 
     def flush() -> None:
-        decisions = search.take_decisions()
-        changed = False
+        decisions = search.take_decisions()      # accept, reject and split only
+        if not decisions:
+            return
         for d in decisions:
-            st = d[1]
-            if st is ACC:
+            if d[1] is ACC:
                 s, e = int(start[d[0]]), int(end[d[0]])
                 acc[0] += e - s
-                acc[1] += cum_iou[e] - cum_iou[s]
+                acc[1] += float(cum_iou[e] - cum_iou[s])
                 acc[2] += int(cum_ok[e] - cum_ok[s])
                 acc[3] += 1
                 acc[4] = max(acc[4], e - s)
-                changed = True
-            elif st is REJ or st is SPLIT:
-                changed = True
-        if changed:
-            rec.add(search.questions_asked, search.clusters_annotated, acc[0], acc[1], acc[2], acc[3])
+        rec.add(search.questions_asked, search.clusters_annotated, acc[0], acc[1], acc[2], acc[3])
 
     while True:
         left = None if budget_questions is None else budget_questions - search.questions_asked
