@@ -424,7 +424,10 @@ class ValueOrder(_Order):
     its key changed), and an answer landing inside it (a question its parent left
     outstanding) pushes it again with its new key.  So the heap always holds, for every
     queued node, an entry at least as good as its current key, and the pops are exactly the
-    argmax of the current keys.
+    argmax of the current keys.  Entries carry the search's epoch (bumped by such releases
+    and answers) so that a node popped with no such event since its push is not re-keyed.
+    Entries are ``(0, seq, epoch, node)`` for free nodes, ``(1, -v, seq, epoch, node)``
+    otherwise.
     """
 
     name = "value"
@@ -458,12 +461,15 @@ class ValueOrder(_Order):
         left, right = search._left, search._right
         look = self.lookahead
 
+        PH, PM = _floats(ph), _floats(np.clip(1.0 - ph - pl, 0.0, 1.0))
+
         def posterior(node: int, a: int, y: int) -> tuple[float, float]:
             """(P(good), P(mixed)) of ``node`` after y yes of a answers inside it."""
+            if not a:
+                return PH[node], PM[node]
             g, b, m = LH[node], LL[node], LM[node]
-            if a:
-                g += y * gy + (a - y) * gn
-                b += y * by + (a - y) * bn
+            g += y * gy + (a - y) * gn
+            b += y * by + (a - y) * bn
             top = max(g, b, m)
             if top == inf:
                 return 0.0, 1.0
@@ -473,13 +479,13 @@ class ValueOrder(_Order):
 
         def key(node: int, seq: int) -> tuple:
             if FREE[node]:
-                return (0, seq, node)
+                return (0, seq, 0, node)
             nj = N[node]
             a, y, pend = count(start[node], end[node])
             taken = a + pend
             c = (ns if ns < nj else nj) - taken
             if c <= 0:
-                return (0, seq, node)
+                return (0, seq, search._epoch, node)
             good, mixed = posterior(node, a, y)
             rj = good * nj
             v = rj / c
@@ -499,10 +505,18 @@ class ValueOrder(_Order):
                 v2 = (rj + mixed * gain) / (c + mixed * cost)
                 if v2 > v:
                     v = v2
-            return (1, -v, seq, node)
+            return (1, -v, seq, search._epoch, node)
 
         self.key = key
         self.posterior = posterior
+
+        def expand(node: int, seq: int) -> tuple:
+            a, b = left[node], right[node]
+            s1, s2 = seq + 1, seq + 2
+            return (a, b, (0, s1, 0, a) if FREE[a] else key(a, s1),
+                    (0, s2, 0, b) if FREE[b] else key(b, s2))
+
+        self.expand = expand
 
 
 class ValueSimpleOrder(ValueOrder):
@@ -594,6 +608,7 @@ class Search:
         self._left = _ints(f.left)
         self._right = _ints(f.right)
         self._heap: list = []
+        self._epoch = 0        # bumped when a question inside a queued node is released or answered
         self._n_queued = 0
         self._seq = 0
         self._sbits = (m + 2).bit_length()   # every node is pushed at most once: seq <= m
@@ -847,16 +862,17 @@ class Search:
         dec_append = self._dec.append
         max_open = math.inf if max_nodes is None else max_nodes
         entry = None          # the next entry, when an auto-split already took it off the heap
-        fast = static and inline and not quota
+        fast = inline and not quota
         while (entry is not None or heap) and budget > 0 and got < soft and len(asking) < max_open:
             if entry is None:
                 entry = heappop(heap)
             if fast:
-                # runs of auto-splits under a static order: nothing the outer loop tests can
-                # change during a run, so it stays here until a node needs more than the rule
+                # runs of auto-splits: nothing the outer loop tests can change during a run,
+                # so it stays here until a node needs more than the early rules (an auto-split
+                # node's key never changes, so a re-keying order needs no check here either)
                 seq, nq = self._seq, self._n_queued
                 while True:
-                    node = seqnode[entry & smask]
+                    node = seqnode[entry & smask] if static else entry[-1]
                     if st[node] != _QUEUED:
                         entry = heappop(heap) if heap else None
                         if entry is None:
@@ -880,17 +896,21 @@ class Search:
                     # and its children changed
                     st[node] = _AUTO_SPLIT
                     dec_append(node)
-                    b = right[node]
-                    if swap is not None and swap(node):
-                        a, b = b, a
                     s1 = seq + 1
-                    seq = s2 = seq + 2
-                    if lifo:
-                        ea, eb = ((top - s1) << sb) | s1, ((top - s2) << sb) | s2
-                    elif base is None:
-                        ea, eb = s1, s2
+                    s2 = seq + 2
+                    if not static:
+                        a, b, ea, eb = expand(node, seq)
                     else:
-                        ea, eb = base[a] | s1, base[b] | s2
+                        b = right[node]
+                        if swap is not None and swap(node):
+                            a, b = b, a
+                        if lifo:
+                            ea, eb = ((top - s1) << sb) | s1, ((top - s2) << sb) | s2
+                        elif base is None:
+                            ea, eb = s1, s2
+                        else:
+                            ea, eb = base[a] | s1, base[b] | s2
+                    seq = s2
                     nq += 1
                     seqnode += (a, b)
                     st[a] = st[b] = _QUEUED
@@ -905,9 +925,11 @@ class Search:
             if st[node] != _QUEUED:
                 entry = None
                 continue
-            if not static:
+            if not static and entry[-2] != self._epoch:
+                # a question inside it came back or got answered while it waited: its key may
+                # be worse now (never better: those pushed it again), back in line if so
                 k = key(node, seqa[node])
-                if k != entry:           # its key got worse while it waited: back in line
+                if k[:-2] != entry[:-2]:
                     entry = heappushpop(heap, k)
                     continue
             if quota and self._quota_met(node):
@@ -997,6 +1019,8 @@ class Search:
         for mk, lab in zip(took_m, took_l):
             pend[mk] = 0
             ans[mk] = lab
+        if stray:
+            self._epoch += 1
         for mk in stray:
             self._rekey_around(mk)
         if touched:
@@ -1026,6 +1050,8 @@ class Search:
             j = self._asking_node_at(ps)
             if j >= 0:
                 self._hungry.add(j)   # its node asks again
+            else:
+                self._epoch += 1      # it may be inside a queued node: that key got worse
             freed.append(mk)
         pend = self._pend
         for mk in freed:

@@ -50,6 +50,8 @@ def value_key(f, p, node, seq, answers, pending=frozenset()):
         ph, pl = (float(v[0]) for v in curve.lookup([f.mean_scores[j]]))
         pl = min(pl, 1.0 - ph)
         prior = {"g": ph, "b": pl, "m": min(max(1.0 - ph - pl, 0.0), 1.0)}
+        if not a:
+            return prior["g"], prior["m"]
         q = {"g": (1 + p.ka) / 2, "b": (1 - p.ka) / 2, "m": 0.5}
         logw = {}
         for h in "gbm":
