@@ -319,12 +319,12 @@ class _Order:
     order they are pushed and their entries, with sequence numbers ``seq + 1`` and
     ``seq + 2``.
 
-    Static orders (a waiting node's key never changes) use plain ints whose low
-    ``search._sbits`` bits are ``seq``, so the heap compares ints and the node is
-    ``search._seqnode[entry & mask]``: the entry is ``base[node] | seq`` (first in, first
-    out among equal bases) or, with ``lifo``, ``(top - seq) << sbits | seq``; ``swap(node)``
-    says whether the right child is pushed first.  :meth:`Search.next_questions` inlines
-    this.  Other orders use tuples ending with the node id and are re-keyed when popped.
+    Static orders (a waiting node's key never changes) use plain ints, so the heap compares
+    ints: from the high bits down, ``base[node]`` (or ``top - seq`` with ``lifo``), ``seq``,
+    and the node id in the low ``nbits`` (first in, first out among equal bases);
+    ``swap(node)`` says whether the right child is pushed first.
+    :meth:`Search.next_questions` inlines this.  Other orders use tuples ending with the
+    node id and are re-keyed when popped.
     """
 
     name = ""
@@ -336,13 +336,15 @@ class _Order:
     def __init__(self, search: "Search") -> None:
         self.search = search
         sb = search._sbits
+        nb = search._nbits
         self.top = (1 << sb) - 1
-        self.sbits = sb
+        self.sbits = sb + nb          # base or top - seq | seq | node
+        self.nbits = nb
 
     def key(self, node: int, seq: int):
         if self.lifo:
-            return ((self.top - seq) << self.sbits) | seq
-        return seq if self.base is None else self.base[node] | seq
+            return ((self.top - seq) << self.sbits) | (seq << self.nbits) | node
+        return (seq << self.nbits) | node if self.base is None else (self.base[node] << self.sbits) | (seq << self.nbits) | node
 
     def expand(self, node: int, seq: int) -> tuple:
         s = self.search
@@ -360,7 +362,7 @@ class HeuristicOrder(_Order):
     def __init__(self, search: "Search") -> None:
         super().__init__(search)
         # dense rank of -S: equal scores share a rank, so ties fall to seq exactly as (-S, seq)
-        self.base = _ints(np.unique(-search._S, return_inverse=True)[1].ravel().astype(np.int64) << self.sbits)
+        self.base = _ints(np.unique(-search._S, return_inverse=True)[1].ravel().astype(np.int64))
 
 
 class BfsOrder(_Order):
@@ -612,7 +614,7 @@ class Search:
         self._n_queued = 0
         self._seq = 0
         self._sbits = (m + 2).bit_length()   # every node is pushed at most once: seq <= m
-        self._seqnode: list[int] = [-1]      # node pushed with each seq
+        self._nbits = max(m, 1).bit_length()
         self._asking: set[int] = set()
         # Nodes being asked never nest (children are queued only once their parent is
         # decided), so their leaf ranges are disjoint: a sorted list of their starts finds
@@ -637,7 +639,6 @@ class Search:
     def _push(self, node: int) -> None:
         self._seq += 1
         seq = self._seq
-        self._seqnode.append(node)
         if self._st[node] != _QUEUED:
             self._n_queued += 1
         self._st[node] = _QUEUED
@@ -652,7 +653,6 @@ class Search:
         seq = self._seq
         a, b, ea, eb = self._order.expand(node, seq)
         self._seq = seq + 2
-        self._seqnode += (a, b)
         st, seqa = self._st, self._seqa
         st[a] = st[b] = _QUEUED
         seqa[a] = seq + 1
@@ -847,12 +847,12 @@ class Search:
                     got += ask.masks.shape[0]
         # the queue, with the auto-split rule inlined: most pops at scale are auto-splits
         heap, st, seqa, Sl = self._heap, self._st, self._seqa, self._Sl
-        left, right, seqnode = self._left, self._right, self._seqnode
+        left, right = self._left, self._right
         order = self._order
         key, expand, static = order.key, order.expand, order.static
         base, lifo, swap = order.base, order.lifo, order.swap
-        sb, top = order.sbits, order.top
-        smask = (1 << sb) - 1
+        sb, top, nb = order.sbits, order.top, order.nbits
+        smask = (1 << nb) - 1
         p = self.params
         kpr, kpa = p.kpr, p.kpa
         leaf_ask = p.leaf_rule == "ask"
@@ -872,7 +872,7 @@ class Search:
                 # node's key never changes, so a re-keying order needs no check here either)
                 seq, nq = self._seq, self._n_queued
                 while True:
-                    node = seqnode[entry & smask] if static else entry[-1]
+                    node = entry & smask if static else entry[-1]
                     if st[node] != _QUEUED:
                         entry = heappop(heap) if heap else None
                         if entry is None:
@@ -905,14 +905,13 @@ class Search:
                         if swap is not None and swap(node):
                             a, b = b, a
                         if lifo:
-                            ea, eb = ((top - s1) << sb) | s1, ((top - s2) << sb) | s2
+                            ea, eb = ((top - s1) << sb) | (s1 << nb) | a, ((top - s2) << sb) | (s2 << nb) | b
                         elif base is None:
-                            ea, eb = s1, s2
+                            ea, eb = (s1 << nb) | a, (s2 << nb) | b
                         else:
-                            ea, eb = base[a] | s1, base[b] | s2
+                            ea, eb = (base[a] << sb) | (s1 << nb) | a, (base[b] << sb) | (s2 << nb) | b
                     seq = s2
                     nq += 1
-                    seqnode += (a, b)
                     st[a] = st[b] = _QUEUED
                     seqa[a] = s1
                     seqa[b] = s2
@@ -921,7 +920,7 @@ class Search:
                 self._seq, self._n_queued = seq, nq
                 if entry is None:
                     break
-            node = seqnode[entry & smask] if static else entry[-1]
+            node = entry & smask if static else entry[-1]
             if st[node] != _QUEUED:
                 entry = None
                 continue
@@ -951,7 +950,6 @@ class Search:
                 self._seq = seq + 2
                 a, b, ea, eb = expand(node, seq)
                 self._n_queued += 1
-                seqnode += (a, b)
                 st[a] = st[b] = _QUEUED
                 seqa[a] = seq + 1
                 seqa[b] = seq + 2
@@ -1141,10 +1139,6 @@ class Search:
         if s._seq > forest.n_nodes:     # one seq per push, each node pushed at most once
             raise LabelpropError(f"saved search state is inconsistent: sequence number {s._seq} "
                                  f"exceeds the forest's {forest.n_nodes} nodes")
-        seqnode = np.full(s._seq + 1, -1, dtype=np.int64)
-        touched_seq = s.node_seq[node_ids]
-        seqnode[touched_seq[touched_seq > 0]] = node_ids[touched_seq > 0]
-        s._seqnode = seqnode.tolist()
         s._n_queued = int(np.count_nonzero(s.node_state == NodeState.QUEUED))
         if s._quota:
             acc = np.flatnonzero(s.node_state == NodeState.ACCEPTED)
