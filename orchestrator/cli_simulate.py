@@ -214,6 +214,9 @@ Example:
   labelprop demo --out demo-out
 """
 
+#: compared by `labelprop demo`; the first sets the budget (a quarter of its questions)
+DEMO_STRATEGIES = ("heuristic", "value", "bfs", "dfs", "naive", "universal-threshold", "lsun")
+
 PAPER = {"masks": 4_268_921, "questions": 245_177, "usd": 980, "hours": 114,
          "speedup_vs_polygons": 830}
 
@@ -257,8 +260,8 @@ def demo(
     sim = None
     if compare:
         say("comparing strategies on the same data (paper Fig. 6b and Fig. 8)")
-        sim = run_simulation(DEMO_PATH, ["heuristic", "bfs", "dfs", "naive", "universal-threshold", "lsun"],
-                             error_rate=error_rate, out_dir=out / "plots", seed=0)
+        sim = run_simulation(DEMO_PATH, list(DEMO_STRATEGIES), error_rate=error_rate, out_dir=out / "plots",
+                             seed=0)
     wall = time.perf_counter() - t0
     mpq = res["accepted_masks"] / max(res["questions"], 1)
     speedup = (res["accepted_masks"] * 80.0) / max(res["questions"] * 1.5, 1e-9)
@@ -283,11 +286,13 @@ def demo(
         lines += ["", f"  strategies at {sim['compare'][0]['budget_questions']:,} questions "
                       f"(a quarter of the heuristic search) and at the end:"]
         ends = {r["strategy"]: r for r in sim["runs"]}
-        for name in ("heuristic", "bfs", "dfs", "naive", "universal-threshold", "lsun"):
+        for name in DEMO_STRATEGIES:
             at = sim["compare"][0][name]
             e = ends[name]
-            lines.append(f"    {name:<20} {at['accepted_masks']:>7,} masks  |  end: {e['accepted_masks']:>7,} masks, "
-                         f"{e['questions']:>6,} questions, precision {e['precision_accepted']:.2f}")
+            prec = "   -" if at["precision_accepted"] is None else f"{at['precision_accepted']:.2f}"
+            lines.append(f"    {name:<20} {at['accepted_masks']:>7,} masks ({prec})  |  end: "
+                         f"{e['accepted_masks']:>7,} masks, {e['questions']:>6,} questions, "
+                         f"precision {e['precision_accepted']:.2f}")
         lines += ["", f"  plots: {sim['files']['fig6_png']}", f"         {sim['files']['fig8_png']}",
                   f"  curves: {sim['files']['curves_csv']}"]
     lines += [f"  campaign: {camp} (try: labelprop status {camp})",
