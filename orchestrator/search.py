@@ -365,7 +365,12 @@ class HeuristicOrder(_Order):
     def __init__(self, search: "Search") -> None:
         super().__init__(search)
         # dense rank of -S: equal scores share a rank, so ties fall to seq exactly as (-S, seq)
-        self.base = _ints(np.unique(-search._S, return_inverse=True)[1].ravel().astype(np.int64))
+        negS = -search._S
+        o = np.argsort(negS, kind="stable")
+        ranked = negS[o]
+        rank = np.empty(o.shape[0], dtype=np.int64)
+        rank[o] = np.cumsum(np.r_[False, ranked[1:] != ranked[:-1]])
+        self.base = _ints(rank)
 
 
 class BfsOrder(_Order):
@@ -603,6 +608,7 @@ class Search:
         # hot per-mask / per-node data as array.array: built by a copy (not millions of int
         # objects), compact, invisible to the cyclic garbage collector, indexed from Python
         self._posl = _ints(self._pos)
+        self._orderl = _ints(f.order)
         npos = f.order.shape[0]
         self._pc = _Counts(bytearray(npos))
         self._pview = np.frombuffer(self._pc.state, dtype=np.uint8)
@@ -814,10 +820,11 @@ class Search:
             for lv in levels:
                 ps >>= 6
                 lv[ps] += d
-        masks = self.forest.order[pos]
-        pend = self._pend
-        for mk in masks.tolist():
+        orderl, pend = self._orderl, self._pend
+        ml = [orderl[ps] for ps in pos]
+        for mk in ml:
             pend[mk] = 1
+        masks = np.array(ml, dtype=np.int64)
         self.questions_asked += len(pos)
         self.dirty.add(node)
         return _tuple_new(Ask, (node, masks, rnd))

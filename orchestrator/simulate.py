@@ -26,13 +26,13 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
     ious = np.asarray(ious, dtype=np.float64)
     truth = ious >= params.kiou
     search = Search(forest, params, truth=truth if params.oracle else None)
-    cum_iou = np.concatenate([[0.0], np.cumsum(ious[forest.order])])
-    cum_ok = np.concatenate([[0], np.cumsum(truth[forest.order])])
+    cum_iou = np.concatenate([[0.0], np.cumsum(ious[forest.order])]).tolist()
+    cum_ok = np.concatenate([[0], np.cumsum(truth[forest.order])]).tolist()
     rec = TraceRecorder()
     acc = [0, 0.0, 0, 0, 0]  # masks, iou sum, correct, clusters, largest accepted cluster
 
     ACC = NodeState.ACCEPTED
-    start, end = forest.start, forest.end
+    start, end = search._start, search._end
 
     def flush() -> None:
         decisions = search.take_decisions()      # accept, reject and split only
@@ -40,10 +40,10 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
             return
         for d in decisions:
             if d[1] is ACC:
-                s, e = int(start[d[0]]), int(end[d[0]])
+                s, e = start[d[0]], end[d[0]]
                 acc[0] += e - s
-                acc[1] += float(cum_iou[e] - cum_iou[s])
-                acc[2] += int(cum_ok[e] - cum_ok[s])
+                acc[1] += cum_iou[e] - cum_iou[s]
+                acc[2] += cum_ok[e] - cum_ok[s]
                 acc[3] += 1
                 acc[4] = max(acc[4], e - s)
         rec.add(search.questions_asked, search.clusters_annotated, acc[0], acc[1], acc[2], acc[3])
