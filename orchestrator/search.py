@@ -366,7 +366,7 @@ class HeuristicOrder(_Order):
         super().__init__(search)
         # dense rank of -S: equal scores share a rank, so ties fall to seq exactly as (-S, seq)
         negS = -search._S
-        o = np.argsort(negS, kind="stable")
+        o = np.argsort(negS)                   # any order of equal scores gives the same ranks
         ranked = negS[o]
         rank = np.empty(o.shape[0], dtype=np.int64)
         rank[o] = np.cumsum(np.r_[False, ranked[1:] != ranked[:-1]])
