@@ -370,7 +370,14 @@ class HeuristicOrder(_Order):
         ranked = negS[o]
         rank = np.empty(o.shape[0], dtype=np.int64)
         rank[o] = np.cumsum(np.r_[False, ranked[1:] != ranked[:-1]])
-        self.base = _ints(rank)
+        self.base = base = _ints(rank)
+        left, right, sb, nb = search._left, search._right, self.sbits, self.nbits
+
+        def expand(node: int, seq: int) -> tuple:
+            a, b = left[node], right[node]
+            return a, b, (base[a] << sb) | ((seq + 1) << nb) | a, (base[b] << sb) | ((seq + 2) << nb) | b
+
+        self.expand = expand
 
 
 class BfsOrder(_Order):
@@ -1069,7 +1076,7 @@ class Search:
     def _settle(self, nodes: set[int]) -> None:
         """Decide the given asking nodes where their outcome is now determined; the others
         may need more questions (sequential sampling) and are woken up for the next ask."""
-        for node in sorted(nodes, key=self._seqa.__getitem__):
+        for node in (nodes if len(nodes) == 1 else sorted(nodes, key=self._seqa.__getitem__)):
             if node in self._asking and self._judge(node) >= 0:
                 self._hungry.add(node)
 
