@@ -48,6 +48,7 @@ from __future__ import annotations
 import bisect
 import math
 from array import array
+from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from heapq import heapify, heappop, heappush, heappushpop
@@ -626,6 +627,8 @@ class Search:
         self._left = _ints(f.left)
         self._right = _ints(f.right)
         self._heap: list = []
+        self._free: deque[int] = deque()   # re-keying orders: free nodes, (seq << nbits) | node
+        self._rules: bytes | None = None
         self._epoch = 0        # bumped when a question inside a queued node is released or answered
         self._n_queued = 0
         self._seq = 0
@@ -660,15 +663,19 @@ class Search:
         self._st[node] = _QUEUED
         self._seqa[node] = seq
         self.dirty.add(node)
-        heappush(self._heap, self._order.key(node, seq))
+        self._enqueue(node, seq)
 
     def _push_children(self, node: int) -> None:
         """Queue a split node's two children (== ``_push`` of each, in the order's order)."""
         if self._left[node] < 0:
             return
         seq = self._seq
-        a, b, ea, eb = self._order.expand(node, seq)
         self._seq = seq + 2
+        order = self._order
+        if order.static:
+            a, b, ea, eb = order.expand(node, seq)
+        else:
+            a, b = self._left[node], self._right[node]
         st, seqa = self._st, self._seqa
         st[a] = st[b] = _QUEUED
         seqa[a] = seq + 1
@@ -676,8 +683,12 @@ class Search:
         self._n_queued += 2
         self.dirty.add(a)
         self.dirty.add(b)
-        heappush(self._heap, ea)
-        heappush(self._heap, eb)
+        if order.static:
+            heappush(self._heap, ea)
+            heappush(self._heap, eb)
+        else:
+            self._enqueue(a, seq + 1)
+            self._enqueue(b, seq + 2)
 
     # ------------------------------------------------------------- counting
     def counts(self, node: int) -> tuple[int, int, int]:
@@ -863,117 +874,140 @@ class Search:
                     budget -= ask.masks.shape[0]
                     got += ask.masks.shape[0]
         # the queue, with the auto-split rule inlined: most pops at scale are auto-splits
-        heap, st, seqa, Sl = self._heap, self._st, self._seqa, self._Sl
+        heap, free, st, seqa = self._heap, self._free, self._st, self._seqa
         left, right = self._left, self._right
         order = self._order
-        key, expand, static = order.key, order.expand, order.static
+        key, static = order.key, order.static
         base, lifo, swap = order.base, order.lifo, order.swap
         sb, top, nb = order.sbits, order.top, order.nbits
-        smask = (1 << nb) - 1
-        p = self.params
-        kpr, kpa = p.kpr, p.kpa
-        leaf_ask = p.leaf_rule == "ask"
+        nmask = (1 << nb) - 1
+        rule = self._rule_table()
         inline = self.on_visit is None
         quota = bool(self._quota)
         asking = self._asking
         dec_append = self._dec.append
+        enqueue = self._enqueue
+        free_static = order.free if not static else None
         max_open = math.inf if max_nodes is None else max_nodes
-        entry = None          # the next entry, when an auto-split already took it off the heap
-        fast = inline and not quota
-        while (entry is not None or heap) and budget > 0 and got < soft and len(asking) < max_open:
-            if entry is None:
-                entry = heappop(heap)
-            if fast:
+        entry = None          # the next heap entry, when an auto-split already took it off the heap
+        while (entry is not None or heap or free) and budget > 0 and got < soft and len(asking) < max_open:
+            if inline and not quota:
                 # runs of auto-splits: nothing the outer loop tests can change during a run,
-                # so it stays here until a node needs more than the early rules (an auto-split
-                # node's key never changes, so a re-keying order needs no check here either)
+                # so it stays here until a node needs more than the early rules
                 seq, nq = self._seq, self._n_queued
-                while True:
-                    node = entry & smask if static else entry[-1]
-                    if st[node] != _QUEUED:
-                        entry = heappop(heap) if heap else None
-                        if entry is None:
+                if static:
+                    if entry is None:
+                        entry = heappop(heap)
+                    while True:
+                        node = entry & nmask
+                        r = rule[node]           # 0: visit it, 1: auto-split, 2: drop (a leaf)
+                        if st[node] != _QUEUED:
+                            entry = heappop(heap) if heap else None
+                            if entry is None:
+                                break
+                            continue
+                        if not r:
                             break
-                        continue
-                    S = Sl[node]
-                    if not kpr < S <= kpa:
-                        break
-                    a = left[node]
-                    if a < 0:
-                        if leaf_ask:
-                            break
-                        st[node] = _AUTO_SPLIT          # a one-mask leaf: dropped
+                        st[node] = _AUTO_SPLIT
                         dec_append(node)
-                        nq -= 1
-                        entry = heappop(heap) if heap else None
-                        if entry is None:
-                            break
-                        continue
-                    # auto-split (== _visit + _decide + _push_children); drain() marks the node
-                    # and its children changed
-                    st[node] = _AUTO_SPLIT
-                    dec_append(node)
-                    s1 = seq + 1
-                    s2 = seq + 2
-                    if not static:
-                        a, b, ea, eb = expand(node, seq)
-                    else:
-                        b = right[node]
+                        if r == 2:               # a one-mask leaf: dropped
+                            nq -= 1
+                            entry = heappop(heap) if heap else None
+                            if entry is None:
+                                break
+                            continue
+                        # auto-split (== _visit + _decide + _push_children); drain() marks the
+                        # node and its children changed
+                        a, b = left[node], right[node]
                         if swap is not None and swap(node):
                             a, b = b, a
+                        s1 = seq + 1
+                        seq = s2 = seq + 2
                         if lifo:
                             ea, eb = ((top - s1) << sb) | (s1 << nb) | a, ((top - s2) << sb) | (s2 << nb) | b
                         elif base is None:
                             ea, eb = (s1 << nb) | a, (s2 << nb) | b
                         else:
                             ea, eb = (base[a] << sb) | (s1 << nb) | a, (base[b] << sb) | (s2 << nb) | b
-                    seq = s2
-                    nq += 1
-                    st[a] = st[b] = _QUEUED
-                    seqa[a] = s1
-                    seqa[b] = s2
-                    heappush(heap, ea)
-                    entry = heappushpop(heap, eb)   # push and pop in one step
+                        nq += 1
+                        st[a] = st[b] = _QUEUED
+                        seqa[a] = s1
+                        seqa[b] = s2
+                        heappush(heap, ea)
+                        entry = heappushpop(heap, eb)   # push and pop in one step
+                else:
+                    # a re-keying order: auto-split nodes are free, first in first out, in the
+                    # free queue; their keys never change
+                    while free:
+                        x = free[0]
+                        node = x & nmask
+                        if st[node] != _QUEUED:
+                            free.popleft()
+                            continue
+                        r = rule[node]
+                        if not r:
+                            break
+                        free.popleft()
+                        st[node] = _AUTO_SPLIT
+                        dec_append(node)
+                        if r == 2:
+                            nq -= 1
+                            continue
+                        a, b = left[node], right[node]
+                        s1 = seq + 1
+                        seq = s2 = seq + 2
+                        nq += 1
+                        st[a] = st[b] = _QUEUED
+                        seqa[a] = s1
+                        seqa[b] = s2
+                        self._seq = seq
+                        if free_static[a]:
+                            free.append((s1 << nb) | a)
+                        else:
+                            enqueue(a, s1)
+                        if free_static[b]:
+                            free.append((s2 << nb) | b)
+                        else:
+                            enqueue(b, s2)
                 self._seq, self._n_queued = seq, nq
-                if entry is None:
+                if static and entry is None:
                     break
-            node = entry & smask if static else entry[-1]
-            if st[node] != _QUEUED:
+            if static:
+                if entry is None:
+                    entry = heappop(heap)
+                node = entry & nmask
                 entry = None
-                continue
-            if not static and entry[-2] != self._epoch:
-                # a question inside it came back or got answered while it waited: its key may
-                # be worse now (never better: those pushed it again), back in line if so
-                k = key(node, seqa[node])
-                if k[:-2] != entry[:-2]:
-                    entry = heappushpop(heap, k)
+                if st[node] != _QUEUED:
                     continue
+            elif free:
+                node = free.popleft() & nmask
+                if st[node] != _QUEUED:
+                    continue
+                if not free_static[node]:
+                    # free because the answers inside it sufficed; a question inside it that
+                    # came back may have made it paid: back in line if so
+                    k = key(node, seqa[node])
+                    if k[0]:
+                        heappush(heap, k)
+                        continue
+            else:
+                if not heap:
+                    break
+                e = heappop(heap)
+                node = e[-1]
+                if st[node] != _QUEUED:
+                    continue
+                if e[-2] != self._epoch:
+                    # a question inside it came back or got answered while it waited: its
+                    # key may be worse now (never better: those pushed it again)
+                    k = key(node, seqa[node])
+                    if k[:-2] != e[:-2]:
+                        heappush(heap, k)
+                        continue
             if quota and self._quota_met(node):
                 # the class has what it needs: leave the node queued (a larger quota resumes it)
                 self._n_queued -= 1
-                entry = None
                 continue
-            S = Sl[node]
-            if inline and kpr < S <= kpa and not (left[node] < 0 and leaf_ask):
-                # auto-split outside the fast runs (value orders, quotas), inlined
-                a = left[node]
-                st[node] = _AUTO_SPLIT
-                dec_append(node)
-                if a < 0:                # a one-mask leaf: dropped
-                    self._n_queued -= 1
-                    entry = None
-                    continue
-                seq = self._seq
-                self._seq = seq + 2
-                a, b, ea, eb = expand(node, seq)
-                self._n_queued += 1
-                st[a] = st[b] = _QUEUED
-                seqa[a] = seq + 1
-                seqa[b] = seq + 2
-                heappush(heap, ea)
-                entry = heappushpop(heap, eb)
-                continue
-            entry = None
             need = self._visit(node)
             if need >= 0:
                 ask = self._ask_now(node, need, budget)
@@ -984,6 +1018,28 @@ class Search:
         if entry is not None:
             heappush(heap, entry)
         return asks
+
+    def _enqueue(self, node: int, seq: int) -> None:
+        """Queue ``node`` pushed with ``seq`` under its order's key: the heap, or for a
+        re-keying order's free nodes the free queue (first in, first out: seqs only grow)."""
+        k = self._order.key(node, seq)
+        if self._order.static or k[0]:
+            heappush(self._heap, k)
+        else:
+            self._free.append((seq << self._order.nbits) | node)
+
+    def _rule_table(self) -> bytes:
+        """What the early rules do with each node: 0 visit it, 1 auto-split, 2 drop a
+        one-mask leaf (for this search's K_pr, K_pa and leaf rule)."""
+        if self._rules is None:
+            p, f = self.params, self.forest
+            S = self._S
+            leaf = f.left < 0
+            auto = (S > p.kpr) & (S <= p.kpa)
+            if p.leaf_rule == "ask":
+                auto &= ~leaf
+            self._rules = np.where(auto, np.where(leaf, 2, 1), 0).astype(np.uint8).tobytes()
+        return self._rules
 
     def _quota_met(self, node: int) -> bool:
         c = int(self.forest.node_class[node])
@@ -1051,7 +1107,9 @@ class Search:
         while j >= 0 and st[j] == _UNSEEN:
             j = int(parent[j])
         if j >= 0 and st[j] == _QUEUED:
-            heappush(self._heap, self._order.key(j, self._seqa[j]))
+            k = self._order.key(j, self._seqa[j])
+            if k[0]:                 # a free node's key does not depend on its answers
+                heappush(self._heap, k)
 
     def release(self, masks) -> int:
         """Return outstanding questions unanswered (expired HIT, discarded answers)."""
@@ -1173,13 +1231,12 @@ class Search:
         s._pc = _Counts(bytearray(state.tobytes()))
         s._pview = np.frombuffer(s._pc.state, dtype=np.uint8)
         s._order = ORDERS[params.strategy](s)    # orders read the counts: rebuild on the new ones
-        queued = []
-        for j in node_ids.tolist():
+        s._free.clear()
+        for j in sorted(node_ids.tolist(), key=s._seqa.__getitem__):
             if s._st[j] == NodeState.QUEUED:
-                queued.append(s._order.key(j, s._seqa[j]))
+                s._enqueue(j, s._seqa[j])       # free nodes join the free queue in seq order
             elif s._st[j] == NodeState.ASKING:
                 s._start_asking(j)
-        s._heap.extend(queued)
         heapify(s._heap)
         s.questions_asked = int(questions_asked)
         s.clusters_annotated = int(clusters_annotated)

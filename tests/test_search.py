@@ -609,13 +609,19 @@ def test_value_pops_the_argmax_of_current_keys(strategy, chunk, acceptance):
             s.release(batch)
         else:
             s.record(batch, ann.answer(np.array(batch)))
-        # the heap holds, for every queued node, an entry at least as good as its current key
+        # the queue holds, for every queued node, an entry at least as good as its current
+        # key: in the heap, or (free nodes, first in first out) in the free queue
         best_entry: dict[int, tuple] = {}
         for e in s._heap:
             if e[-1] not in best_entry or e < best_entry[e[-1]]:
                 best_entry[e[-1]] = e
+        nb = s._order.nbits
+        for x in s._free:
+            j, sq = x & ((1 << nb) - 1), x >> nb
+            best_entry[j] = (0, sq)
         for j in np.flatnonzero(s.node_state == NodeState.QUEUED).tolist():
-            assert best_entry[j] <= s._order.key(j, int(s.node_seq[j]))
+            assert best_entry[j][:2] <= s._order.key(j, int(s.node_seq[j]))[:2]
+            assert best_entry[j] <= s._order.key(j, int(s.node_seq[j])) or best_entry[j][0] == 0
     assert s.done and checked[0] > 50
     if chunk:
         assert stray[0] > 0, "answers must land inside queued nodes for this test to bite"
