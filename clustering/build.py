@@ -28,7 +28,7 @@ import numpy as np
 
 from clustering.linkage import exact_linkage
 from clustering.tree import Forest
-from clustering.twolevel import (DEFAULT_PART_SIZE, DEFAULT_REPS, PartTree, assemble,
+from clustering.twolevel import (DEFAULT_ATOM_SIZE, DEFAULT_PART_SIZE, DEFAULT_REPS, assemble,
                                  part_trees, partition, two_level_linkage)
 
 __all__ = ["ClusterParams", "EmbedStats", "DEFAULT_SCORE_WEIGHT", "DEFAULT_EXACT_LIMIT",
@@ -56,6 +56,7 @@ class ClusterParams:
     seed: int = 0
     part_size: int = DEFAULT_PART_SIZE
     n_reps: int = DEFAULT_REPS
+    atom_size: int = DEFAULT_ATOM_SIZE
 
     def __post_init__(self) -> None:
         if self.score_weight < 0:
@@ -66,6 +67,8 @@ class ClusterParams:
             raise ValueError(f"part_size must be at least 2, got {self.part_size}")
         if self.n_reps < 1:
             raise ValueError(f"n_reps must be at least 1, got {self.n_reps}")
+        if self.atom_size < 1:
+            raise ValueError(f"atom_size must be at least 1, got {self.atom_size}")
 
 
 # ------------------------------------------------------------------------------ embedding
@@ -132,12 +135,13 @@ def embed(features: np.ndarray, scores: np.ndarray, score_weight: float = DEFAUL
 
 # ------------------------------------------------------------------------------ one class
 def class_linkage(x: np.ndarray, exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0,
-                  part_size: int = DEFAULT_PART_SIZE, n_reps: int = DEFAULT_REPS) -> np.ndarray:
+                  part_size: int = DEFAULT_PART_SIZE, n_reps: int = DEFAULT_REPS,
+                  atom_size: int = DEFAULT_ATOM_SIZE) -> np.ndarray:
     """Complete-linkage matrix over the rows of ``x``: exact up to ``exact_limit`` rows,
     two-level above."""
     if x.shape[0] <= exact_limit:
         return exact_linkage(x)
-    return two_level_linkage(x, part_size, seed, n_reps)
+    return two_level_linkage(x, part_size, seed, n_reps, atom_size)
 
 
 def exact_class(features: np.ndarray, scores: np.ndarray, idx: np.ndarray, stats: EmbedStats,
@@ -161,13 +165,9 @@ def part_chunks(parts: Sequence[np.ndarray], part_size: int) -> list[list[int]]:
 
 
 def parts_job(features: np.ndarray, scores: np.ndarray, rows: Sequence[np.ndarray],
-              stats: EmbedStats, score_weight: float, n_reps: int) -> list[PartTree]:
+              stats: EmbedStats, score_weight: float) -> list[np.ndarray]:
     """Unit of work: exact trees of some parts, each given by its rows of ``features``."""
-    out = []
-    for r in rows:
-        x = embed_rows(features, scores, r, stats, score_weight)
-        out.extend(part_trees(x, [np.arange(r.shape[0])], n_reps))
-    return out
+    return [exact_linkage(embed_rows(features, scores, r, stats, score_weight)) for r in rows]
 
 
 def class_members(classes: np.ndarray, exclude: np.ndarray | None = None) -> dict[int, np.ndarray]:
@@ -243,7 +243,8 @@ def cluster_classes(features: np.ndarray, scores: np.ndarray, members: dict[int,
         say("advance", c, st["done"], len(st["parts"]))
         if st["left"] == 0:
             del two[c]
-            z = assemble(int(members[c].shape[0]), st["parts"], [t for r in st["trees"] for t in r])
+            z = assemble(st["x"], st["parts"], [t for r in st["trees"] for t in r],
+                         params.n_reps, params.atom_size)
             say("done", c, len(st["parts"]), len(st["parts"]))
             on_done(c, z)
 
@@ -267,15 +268,16 @@ def cluster_classes(features: np.ndarray, scores: np.ndarray, members: dict[int,
         else:
             x = embed_rows(features, scores, idx, stats, params.score_weight)
             parts = partition(x, params.part_size, params.seed)
-            del x
             chunks = part_chunks(parts, params.part_size)
-            two[c] = {"parts": parts, "trees": [None] * len(chunks), "left": len(chunks), "done": 0}
+            two[c] = {"x": x, "parts": parts, "trees": [None] * len(chunks), "left": len(chunks),
+                      "done": 0}
+            del x
             say("start", c, 0, len(parts))
             mem = parts_job_bytes(params.part_size, d, params.n_reps)
             for j, chunk in enumerate(chunks):
                 drain(max_pending)
                 fut = submit(parts_job, [idx[parts[i]] for i in chunk], stats, params.score_weight,
-                             params.n_reps, memory=mem)
+                             memory=mem)
                 pending[fut] = ("parts", c, j)
         drain(max_pending)
     drain(0)

@@ -6,9 +6,9 @@ The model counts the arrays the code allocates (bytes, float64 unless noted):
 * exact class of n masks: the condensed matrix ``8 n(n-1)/2`` (clustered in place), the
   embedded rows twice (``x`` and its centred copy), one block of distance rows, and
   fastcluster's O(n) bookkeeping;
-* two-level class, in the process that partitions it: the embedded rows, the k-means
-  labels and index arrays, the tree over p parts (``8 p(p-1)/2`` plus one block), the
-  representatives, and the stitching arrays;
+* two-level class, in the process that partitions it: the embedded rows (kept until the
+  class is stitched), the k-means labels and index arrays, the tree over A atoms
+  (``8 A(A-1)/2`` plus blocks of representative products), and the stitching arrays;
 * a unit of part trees (in a worker): one part's condensed matrix ``8 P(P-1)/2``, about
   sixteen parts' rows, their trees;
 * at the end, the forest: every class's linkage matrix and :class:`~clustering.tree.Forest`
@@ -50,23 +50,24 @@ def n_parts(n: int, part_size: int) -> int:
 
 
 def two_level_bytes(n: int, d: int, part_size: int, n_reps: int) -> int:
-    """The process that partitions a two-level class, builds the tree over its parts and
+    """The process that partitions a two-level class, builds the tree over its atoms and
     stitches (the part trees themselves are :func:`parts_job_bytes`)."""
-    p = 2 * n_parts(n, part_size)                        # k-means parts are uneven
-    embed = 8 * n * (d + 1)
+    from clustering.twolevel import atoms_target
+
+    a = atoms_target(n)
+    embed = 8 * n * (d + 1)                              # held until the class is stitched
     partition = 8 * n * 4 + embed // 16                  # labels, index arrays, one k-means copy
-    reps = p * n_reps * (d + 1) * (8 + 8)                # vectors + float32 products' operands
-    top = 8 * condensed_size(p) + (64 * MiB) + reps
-    parts = 8 * n + 40 * n                               # index arrays + returned part trees
-    stitch = 12 * 8 * n
-    return int(max(embed + partition, top + parts, stitch + parts) + reps)
+    top = (8 * condensed_size(a) + (64 * MiB) * 2 + 2 * 4 * a * n_reps * (d + 2)
+           + 16 * a * n_reps * (d + 1))
+    trees = 40 * n                                       # part linkage matrices + index arrays
+    stitch = 240 * n                                     # its int arrays and size lists
+    return int(embed + trees + max(partition, top, stitch))
 
 
-def parts_job_bytes(part_size: int, d: int, n_reps: int) -> int:
-    """One unit of part trees (about 16 parts' worth of masks)."""
-    rows = 16 * part_size
+def parts_job_bytes(part_size: int, d: int, n_reps: int = 0) -> int:
+    """One unit of part trees (about 16 parts' worth of masks, one part at a time)."""
     return int(8 * condensed_size(part_size) + 3 * 8 * part_size * (d + 1)
-               + 8 * rows * (d + 1) + 40 * rows + 16 * n_reps * (d + 1) * 8 + BLOCK_BYTES)
+               + 16 * part_size * 40 + BLOCK_BYTES)
 
 
 def forest_bytes(n_masks: int, n_clustered: int) -> int:

@@ -215,14 +215,14 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
         params = resolve_cluster_params(cfg, int(features.shape[1]), score_weight, exact_limit,
                                         part_size, reps)
         fp = _tree_fingerprint(s, params, held_out)
-        rows = _tree_rows(s)
+        rows = {r.name: r.path for r in _tree_rows(s)}
     if held_out.shape[0] >= scores.shape[0]:
         raise LabelpropError(f"{campaign_dir}: every mask is held out as gold (`labelprop gold "
                              f"--from-masks`); nothing is left to cluster")
     members = class_members(classes, held_out)
     # ---- resume: trees of this parameter set that a killed run already saved
-    mine = {r.name: r for r in rows if r.name.startswith(f"tree/{fp}/")}
-    stale = [r for r in rows if r.name not in mine]
+    mine = {name: path for name, path in rows.items() if name.startswith(f"tree/{fp}/")}
+    stale = [name for name in rows if name not in mine]
     links: dict[int, np.ndarray] = {}
     with read_session(engine) as s:
         for name in mine:
@@ -232,10 +232,12 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
                 if z.shape == (members[c].shape[0] - 1, 4):
                     links[c] = z
     if stale:
+        from orchestrator.store import ArrayFile
+
         with transaction(engine) as s:
-            for r in stale:
-                s.delete(s.get(type(r), r.name))
-    _sweep_tree_files(d_, {r.path for r in mine.values()})
+            for name in stale:
+                s.delete(s.get(ArrayFile, name))
+    _sweep_tree_files(d_, set(mine.values()))
     todo = {c: idx for c, idx in members.items() if c not in links}
     # ---- memory, before anything heavy starts
     n_clustered = int(sum(idx.shape[0] for idx in members.values()))
@@ -344,8 +346,14 @@ def check_clustering(campaign_dir, db: str | None = None, class_id: int | None =
         search = SearchParams(ns=sc.ns, ka=sc.ka, kiou=sc.kiou, kpa=sc.kpa, kpr=sc.kpr, chunk=sc.chunk,
                               strategy=sc.strategy if sc.strategy in TREE_STRATEGIES else "heuristic",
                               seed=cfg.campaign.seed)
+    # the sample gets the atoms the whole class would get (coarser for a larger class)
+    from clustering.twolevel import atoms_target
+
+    n_full = int(idx.shape[0])
+    atom_size = max(params.atom_size, -(-n_full // atoms_target(n_full, params.atom_size)))
     rep = fidelity_report(x, scores[sample], None if ious is None else np.asarray(ious)[sample],
-                          params, search, seeds=[cfg.campaign.seed + i for i in range(seeds)], say=say)
+                          params, search, seeds=[cfg.campaign.seed + i for i in range(seeds)], say=say,
+                          atom_size=atom_size)
     return {"campaign": str(campaign_dir), "class": int(class_id), "class_masks": int(idx.shape[0]),
             "sampled": m < idx.shape[0], "score_weight": params.score_weight,
             "search_strategy": None if search is None else search.strategy, **rep}
@@ -513,7 +521,8 @@ def _print_check(r: dict) -> None:
     whose = (f"{r['masks']:,} of its {r['class_masks']:,} masks, drawn at random" if r["sampled"]
              else f"all {r['masks']:,} masks")
     con.print(f"two-level tree against the exact tree: class {r['class']} ({whose}); "
-              f"{r['parts']} parts of at most {r['part_size']:,} masks, {r['reps']} representatives each")
+              f"{r['parts']} parts of at most {r['part_size']:,} masks; atoms of about {r['atom_size']} "
+              f"masks, {r['reps']} representatives each")
     t = Table(show_header=True)
     t.add_column("tree figure")
     t.add_column("two-level", justify="right")

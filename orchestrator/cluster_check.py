@@ -57,8 +57,13 @@ def _search(Z: np.ndarray, scores: np.ndarray, ious: np.ndarray, search, seeds: 
 
 def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, params,
                     search=None, seeds: Sequence[int] = (0, 1, 2, 3, 4), cuts: Sequence[int] = CUTS,
-                    jitter: float = JITTER, say: Callable[[str], None] | None = None) -> dict:
-    """Exact, two-level and jittered-exact trees of the rows of ``x`` compared (see module)."""
+                    jitter: float = JITTER, say: Callable[[str], None] | None = None,
+                    atom_size: int | None = None) -> dict:
+    """Exact, two-level and jittered-exact trees of the rows of ``x`` compared (see module).
+
+    ``atom_size`` (default ``params.atom_size``): masks per atom of the tree over atoms; a
+    sample of a larger class should use the class's own (coarser) atoms.
+    """
     from clustering.fidelity import ari_at_cuts, pair_correlations
     from clustering.linkage import exact_linkage
     from clustering.twolevel import assemble, part_trees, partition
@@ -73,7 +78,9 @@ def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, 
     say(f"two-level linkage (parts of at most {params.part_size:,}, {params.n_reps} representatives)")
     t = time.perf_counter()
     parts = partition(x, params.part_size, params.seed)
-    two = exact if len(parts) == 1 else assemble(n, parts, part_trees(x, parts, params.n_reps))
+    atom_size = params.atom_size if atom_size is None else atom_size
+    two = exact if len(parts) == 1 else assemble(x, parts, part_trees(x, parts), params.n_reps,
+                                                 atom_size)
     secs["two_level"] = round(time.perf_counter() - t, 2)
     say("exact linkage of the jittered masks (the yardstick)")
     rng = np.random.default_rng([params.seed, 7919])
@@ -82,6 +89,7 @@ def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, 
     r = pair_correlations(x, [exact, two, jit], seed=params.seed)
     out = {
         "masks": n, "parts": len(parts), "part_size": params.part_size, "reps": params.n_reps,
+        "atom_size": atom_size,
         "jitter": jitter, "seconds": secs,
         "cophenetic_correlation": {"two_level_vs_exact": float(r[0, 1]),
                                    "jittered_exact_vs_exact": float(r[0, 2])},
