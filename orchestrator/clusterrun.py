@@ -192,6 +192,21 @@ class ProcessExecutor:
         self.ex.shutdown(wait=True, cancel_futures=cancel)
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when nothing listens at ``address``."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise LabelpropError(f"--ray {address}: give host:port of the Ray head (or ray://host:port)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise LabelpropError(f"--ray {address}: cannot connect to the Ray cluster: "
+                             f"{exc.strerror or exc}") from None
+
+
 class RayExecutor:
     """Ray tasks on the cluster at ``address`` (``ray://host:port`` for Ray Client, or the
     GCS ``host:port`` of a running ``ray start --head``)."""
@@ -203,6 +218,8 @@ class RayExecutor:
             raise LabelpropError("--ray needs Ray: pip install 'labelprop[ray]'") from None
         self.ray = ray
         self._own = not ray.is_initialized()
+        if self._own and address not in ("auto", "local"):
+            _reachable(address)
         if self._own:
             try:
                 ray.init(address=address, log_to_driver=False, logging_level="ERROR",

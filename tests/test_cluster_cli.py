@@ -165,7 +165,9 @@ def ray_head():
     ray_bin = Path(sys.executable).with_name("ray")
     tmp = tempfile.mkdtemp(prefix="lpray", dir="/tmp")   # short: Ray's socket paths must fit
     port = _free_port()
-    env = {**os.environ, RAY_LOOPBACK_ENV: "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    # loopback only, so no token authentication (Ray's default for `ray start`, stated here)
+    env = {**os.environ, RAY_LOOPBACK_ENV: "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
     log = open(Path(tmp) / "head.log", "w")
     p = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}",
                           "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
