@@ -52,7 +52,7 @@ DEFAULT_PART_SIZE = 2000
 #: Representatives per atom for the distance between atoms.
 DEFAULT_REPS = 8
 #: About one atom per this many masks ...
-DEFAULT_ATOM_SIZE = 32
+DEFAULT_ATOM_SIZE = 128
 #: ... and at most this many atoms (the tree over atoms needs 8 A(A-1)/2 bytes).
 MAX_ATOMS = 4096
 
