@@ -10,7 +10,8 @@ together; the default :data:`DEFAULT_SCORE_WEIGHT` is 0.25).
 A class of at most ``exact_limit`` masks gets exact complete linkage
 (:mod:`clustering.linkage`: one condensed matrix of ``8 n(n-1)/2`` bytes, clustered in
 place).  A larger class is clustered in two levels (:mod:`clustering.twolevel`): parts of at
-most ``part_size`` masks with exact trees inside, complete linkage over the parts, stitched
+most ``part_size`` masks with exact trees inside, cut into atoms, complete linkage over the
+atoms, stitched
 into one valid linkage matrix.
 
 Features are read in blocks of rows (they may be an ``np.memmap``); the steps below are
@@ -210,7 +211,7 @@ def cluster_classes(features: np.ndarray, scores: np.ndarray, members: dict[int,
 
     The units of work are :func:`exact_class` (one per exact class) and :func:`parts_job`
     (part trees of a two-level class); this process embeds and partitions two-level classes
-    one at a time, and builds the tree over the parts once a class's units are back.
+    one at a time, and builds the tree over its atoms once a class's units are back.
     ``submit(fn, *args, memory=bytes)`` runs a unit and returns a ``concurrent.futures.Future``
     (default: at once, in this process); a process pool or Ray plugs in here.  ``features``
     and ``scores`` are not passed to ``submit``: the executor prepends them (workers read

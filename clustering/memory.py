@@ -29,7 +29,7 @@ __all__ = ["BASE_BYTES", "exact_bytes", "two_level_bytes", "parts_job_bytes", "f
 GiB = 1 << 30
 MiB = 1 << 20
 #: The Python process with numpy, scipy, fastcluster and the store loaded.
-BASE_BYTES = 250 * MiB
+BASE_BYTES = 350 * MiB
 #: Share of the machine's memory that the default exact limit lets one exact class use.
 EXACT_FRACTION = 0.8
 _FILL = 0.5             # k-means parts average about half the part size (twolevel._FILL)
@@ -40,8 +40,10 @@ def fmt_bytes(b: float) -> str:
 
 
 def exact_bytes(n: int, d: int) -> int:
-    """Exact complete linkage of n masks with d feature dimensions (+ the score column)."""
-    return int(8 * condensed_size(n) + 2 * 8 * n * (d + 1) + BLOCK_BYTES + 200 * n)
+    """Exact complete linkage of n masks with d feature dimensions (+ the score column);
+    the class's rows of a memory-mapped float32 feature file count too (their pages are
+    resident while they are read)."""
+    return int(8 * condensed_size(n) + 2 * 8 * n * (d + 1) + 4 * n * d + BLOCK_BYTES + 200 * n)
 
 
 def n_parts(n: int, part_size: int) -> int:
@@ -55,7 +57,7 @@ def two_level_bytes(n: int, d: int, part_size: int, n_reps: int) -> int:
     from clustering.twolevel import atoms_target
 
     a = atoms_target(n)
-    embed = 8 * n * (d + 1)                              # held until the class is stitched
+    embed = 8 * n * (d + 1) + 4 * n * d                  # held until stitched; + mapped rows
     partition = 8 * n * 4 + embed // 16                  # labels, index arrays, one k-means copy
     top = (8 * condensed_size(a) + (64 * MiB) * 2 + 2 * 4 * a * n_reps * (d + 2)
            + 16 * a * n_reps * (d + 1))
@@ -103,6 +105,7 @@ def plan_memory(sizes: dict[int, int], d: int, exact_limit: int, part_size: int,
                           "nothing left to cluster")
     units: list[tuple[int, int, bool]] = []        # (bytes, class, exact) of worker units
     parent = 0
+    next_embed = 0          # with workers, the next class is embedded while one finishes
     worst = (0, None, False)
     for c, n in sizes.items():
         if n <= exact_limit:
@@ -113,6 +116,7 @@ def plan_memory(sizes: dict[int, int], d: int, exact_limit: int, part_size: int,
         else:
             b = two_level_bytes(n, d, part_size, n_reps)
             parent = max(parent, b)
+            next_embed = max(next_embed, 8 * n * (d + 1))
             units.append((parts_job_bytes(part_size, d, n_reps), c, False))
             if b > worst[0]:
                 worst = (b, c, False)
@@ -128,6 +132,8 @@ def plan_memory(sizes: dict[int, int], d: int, exact_limit: int, part_size: int,
         peak = BASE_BYTES + max(work, forest)
     else:
         concurrent = sum(b for b, _, _ in units[:jobs])
+        if parent:
+            parent += next_embed
         work = parent + concurrent + BASE_BYTES * min(jobs, len(units))
         detail = (f"{min(jobs, len(units))} workers at once ({fmt_bytes(concurrent)}) "
                   f"+ partitioning {fmt_bytes(parent)}")
