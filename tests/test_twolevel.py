@@ -151,7 +151,9 @@ def test_memory_model():
     gib = 1 << 30
     assert 65_000 <= default_exact_limit(int(23.5 * gib), 64) <= 72_000
     assert exact_bytes(70_000, 64) > 18 * gib
-    assert max_exact_n(exact_bytes(10_000, 16) + (300 << 20), 16) >= 10_000
+    from clustering.memory import BASE_BYTES
+
+    assert max_exact_n(exact_bytes(10_000, 16) + BASE_BYTES, 16) == 10_000
     small = plan_memory({0: 1000, 1: 2000}, 16, 5000, 2000, 8)
     two = plan_memory({0: 1000, 1: 2000}, 16, 5000, 2000, 8, jobs=2)
     assert two.peak > small.peak and small.worst_class == 1 and small.worst_exact
