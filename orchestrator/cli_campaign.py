@@ -487,29 +487,31 @@ def ingest_cmd(
                + f" into {campaign_dir} in {time.perf_counter() - t0:.1f} s")
 
 
-CLUSTER_HELP = """Cluster each class's masks into a binary tree (complete linkage); saves forest.npz.
+CLUSTER_HELP = """Cluster each class's masks into a binary tree; saves forest.npz.
 
-A class of at most --exact-limit masks gets exact complete linkage (fastcluster on one
-condensed distance matrix: 8 n(n-1)/2 bytes, so the default limit is derived from the
-machine's memory: about 70,000 masks on 24 GiB). A larger class is clustered in two levels:
-k-means parts of at most --part-size masks with exact trees inside, complete linkage over
-the parts (the largest distance between their --reps farthest-first representatives, never
-centroids), stitched into one tree. Peak memory is predicted before anything starts and
-compared with the memory available (or --max-memory).
+A class of at most --exact-limit masks gets exact complete linkage (one
+condensed distance matrix of 8 n(n-1)/2 bytes; the default limit comes
+from the machine's memory: about 70,000 masks on 24 GiB). A larger class
+is clustered in two levels: k-means parts of at most --part-size masks,
+exact trees inside, cut into small clusters (atoms), complete linkage
+over the atoms (largest distance between their --reps farthest-first
+representatives, never centroids), stitched into one tree.
 
-Each class's tree is saved as it finishes: a killed run resumes with the classes not yet
-done. --jobs runs classes and parts in worker processes, --ray on a Ray cluster.
+Peak memory is predicted and checked before anything starts (against
+what is available, or --max-memory). Each class's tree is saved as it
+finishes: a killed run resumes with the classes not yet done. --jobs
+runs classes and parts in worker processes, --ray as Ray tasks.
 
---check compares the two-level tree with the exact one on a class (a random sample of
---check-masks masks of the largest class by default) and writes nothing: cophenetic
-correlation, adjusted Rand index of flat cuts, and, when the masks have IoUs, the search
-simulated on both trees. An exact tree of the masks jittered by 1% is the yardstick.
+--check compares the two-level tree with the exact one on a class (a
+random sample of --check-masks masks of the largest class by default)
+and writes nothing: cophenetic correlation, adjusted Rand index of flat
+cuts and, when the masks have IoUs, the search simulated on both trees.
 
 Example: labelprop cluster runs/c1 --jobs 2
 
 Example: labelprop cluster runs/c1 --check
 
-Example: labelprop cluster runs/c1 --ray 10.0.0.5:6379
+Example: labelprop cluster runs/c1 --ray head-node:6379
 """
 
 

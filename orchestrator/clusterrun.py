@@ -136,8 +136,8 @@ def check_memory(sizes: dict[int, int], d: int, exact_limit: int, part_size: int
                 best = p if best is None or abs(np.log(p / part_size)) < abs(np.log(best / part_size)) else best
         if best is not None and best != part_size:
             tips.append(f"--part-size {best}")
-    tips.append("free memory or raise --max-memory")
-    raise LabelpropError(f"{head}: {what} ({plan.detail}); use " + ", or ".join(tips))
+    use = ("use " + " or ".join(tips) + ", or ") if tips else ""
+    raise LabelpropError(f"{head}: {what} ({plan.detail}); {use}free memory or raise --max-memory")
 
 
 # ------------------------------------------------------------------------------ executors
