@@ -114,10 +114,10 @@ def test_changed_parameters_do_not_reuse_saved_trees(tmp_path):
 def test_memory_check_refuses_before_writing_anything(tmp_path):
     t = _triplets(2, 4000)
     d = _campaign(tmp_path, "c", t)
-    r = run_cli("cluster", d, "--exact-limit", "5000", "--max-memory", "300MiB")
+    r = run_cli("cluster", d, "--exact-limit", "5000", "--max-memory", "400MiB")
     assert r.code == 2
     line = r.err.strip()
-    assert "\n" not in line and "more than the 300 MiB available" in line
+    assert "\n" not in line and "more than the 400 MiB available" in line
     assert "exact complete linkage" in line and "--exact-limit" in line
     assert not (d / "forest.npz").exists() and not (d / "trees").exists()
     # two workers need twice the memory of one: the message says so
