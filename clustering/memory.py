@@ -62,7 +62,7 @@ def two_level_bytes(n: int, d: int, part_size: int, n_reps: int) -> int:
     top = (8 * condensed_size(a) + (64 * MiB) * 2 + 2 * 4 * a * n_reps * (d + 2)
            + 16 * a * n_reps * (d + 1))
     trees = 40 * n                                       # part linkage matrices + index arrays
-    stitch = 240 * n                                     # its int arrays and size lists
+    stitch = 450 * n                                     # its int arrays and size lists
     return int(embed + trees + max(partition, top, stitch))
 
 
