@@ -48,6 +48,8 @@ class CrowdServer:
     host: str = "127.0.0.1"
     port: int = 0
     extra_args: tuple = ()
+    ca_file: str | None = None          # under --tls self-signed: the CA to trust (boto3 verify=)
+    public_url: str | None = None
     _pools: list = field(default_factory=list)
 
     # ------------------------------------------------------------ requester side
@@ -60,15 +62,20 @@ class CrowdServer:
                          "read_timeout": 30} | config))
         return boto3.client("mturk", endpoint_url=self.endpoint_url, region_name=self.region,
                             aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key,
-                            config=cfg)
+                            config=cfg, **({"verify": self.ca_file} if self.ca_file else {}))
 
     def env(self) -> dict[str, str]:
         return {"AWS_SHARED_CREDENTIALS_FILE": str(cm.credentials_path(self.data_dir)),
                 "AWS_CONFIG_FILE": str(cm.config_path(self.data_dir)), "AWS_PROFILE": cm.PROFILE,
                 "AWS_DEFAULT_REGION": self.region, "AWS_ENDPOINT_URL_MTURK": self.endpoint_url}
 
+    def ssl_context(self):
+        """For urllib and friends: trusts the server's own CA under --tls self-signed."""
+        from .tls import client_context
+        return client_context(self.ca_file) if self.endpoint_url.startswith("https:") else None
+
     def health(self) -> dict:
-        with urllib.request.urlopen(self.endpoint_url + "/health", timeout=5) as r:
+        with urllib.request.urlopen(self.endpoint_url + "/health", timeout=5, context=self.ssl_context()) as r:
             return json.loads(r.read())
 
     # ------------------------------------------------------------ worker side
@@ -87,7 +94,8 @@ class CrowdServer:
     def simulate(self, workers, policy=None, poll_interval: float = 0.1):
         """Start simulated workers (spec string or WorkerProfile list; policy callable / 'mod:fn' / .json)."""
         from .simulated_workers import start_pool
-        pool = start_pool(self.endpoint_url, workers, policy, data_dir=self.data_dir, poll_interval=poll_interval)
+        pool = start_pool(self.endpoint_url, workers, policy, data_dir=self.data_dir, poll_interval=poll_interval,
+                          cafile=self.ca_file)
         self._pools.append(pool)
         return pool
 
@@ -175,7 +183,8 @@ def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0
         raise ServerStartError(f"crowd server did not start within {timeout} s; see {log_path}")
     creds = cm.load(data_dir)
     srv = CrowdServer(info["endpoint_url"], data_dir, creds.access_key_id, creds.secret_access_key, creds.region,
-                      proc, log_path, host=host, port=info["port"], extra_args=tuple(extra_args))
+                      proc, log_path, host=host, port=info["port"], extra_args=tuple(extra_args),
+                      ca_file=info.get("ca_file"), public_url=info.get("public_url"))
     while time.time() < deadline:
         try:
             if srv.health()["status"] == "ok":
