@@ -330,6 +330,9 @@ class AsgiApp:
             try:
                 if method not in ALLOWED_METHODS:
                     raise _Refused(405, "Method not allowed\n")
+                # h11 limits headers that arrive in pieces; these arrived in one read: same limit.
+                if len(target) + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.limits.max_header_bytes:
+                    raise _Refused(431, "Request header fields too large\n")
                 te = headers.get("Transfer-Encoding")
                 cl = headers.get("Content-Length")
                 if te is not None and cl is not None:
@@ -626,8 +629,10 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, *, quiet: b
             headers=[("Server", SERVER_HEADER)], timeout_keep_alive=limits.keep_alive,
             timeout_graceful_shutdown=limits.shutdown_timeout,
             h11_max_incomplete_event_size=limits.max_header_bytes, backlog=1024,
-            ssl_certfile=cert.cert_file if cert else None, ssl_keyfile=cert.key_file if cert else None,
-            ssl_context_factory=(lambda _c, _d: tls_mod.server_context(cert)) if cert else None)
+            ssl_certfile=cert.cert_file if cert else None, ssl_keyfile=cert.key_file if cert else None)
+        config.load()
+        if cert is not None:
+            config.ssl = tls_mod.server_context(cert)  # TLS 1.2+, modern ciphers (not uvicorn's default list)
         server = _Server(config)
 
         def begin_shutdown(sig: int) -> None:
@@ -710,11 +715,12 @@ def _make_server_class():
                 await asyncio.get_running_loop().run_in_executor(None, self.on_started)
 
         async def shutdown(self, sockets=None) -> None:
-            if self.on_shutdown is not None:
-                self.on_shutdown(getattr(self, "_signal", None) or signal.SIGTERM)
-            # Stop accepting at once, then let in-process simulated workers stop while we still answer.
+            # Stop accepting at once (then say so), and let in-process simulated workers stop while we
+            # still answer the requests they have in flight.
             for s in getattr(self, "servers", []):
                 s.close()
+            if self.on_shutdown is not None:
+                self.on_shutdown(getattr(self, "_signal", None) or signal.SIGTERM)
             if self.before_close is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self.before_close)
             await super().shutdown(sockets=sockets)
