@@ -12,11 +12,11 @@ import pytest
 
 try:
     from conftest_crowd import (CHROMIUM_ARGS, answer_key, chromium_path, crowd, html_question,  # noqa: F401
-                                question_form, worker_page)
+                                question_form, wait_until, worker_page)
     from test_crowd_server_browser import browser  # noqa: F401
 except ImportError:
     from tests.conftest_crowd import (CHROMIUM_ARGS, answer_key, chromium_path, crowd, html_question,  # noqa: F401
-                                      question_form, worker_page)
+                                      question_form, wait_until, worker_page)
     from tests.test_crowd_server_browser import browser  # noqa: F401
 
 ATTACK = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>Please answer.</p>
@@ -66,9 +66,18 @@ def test_iframe_escape_attack_fails_in_chromium(crowd, browser):
         page.goto(worker["signin_url"])
         page.locator(f'tr[data-hit-type-id="{attack_type}"]').get_by_text("Preview").click()
         page.wait_for_url(f"**/groups/{attack_type}")
-        frame = page.frame_locator("#task-frame")
-        frame.locator("html[data-done]").wait_for()
+
+        def settled():
+            if "/task/" in page.url:
+                return "escaped"  # the attack navigated the worker's window
+            f = page.frame(url=lambda u: "/task/" in u)
+            try:
+                return f is not None and f.evaluate("() => document.documentElement.dataset.done") and "done"
+            except Exception:  # navigating right now
+                return False
+
         # The top window stayed on the worker's page: the script could not navigate it.
+        assert wait_until(settled, timeout=30, what="the attack script to finish") == "done"
         assert page.url.endswith(f"/groups/{attack_type}")
         seen = _attrs(page.frame(url=lambda u: "/task/" in u))
         assert not seen["data-topnav"].startswith("navigated")

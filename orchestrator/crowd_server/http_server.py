@@ -479,6 +479,11 @@ def make_protocol(limits: Limits, app: App):
 
         def shutdown(self) -> None:
             self._cancel_header_timer()
+            if self._between_requests() and not self.transport.is_closing():
+                # Idle: nothing to finish or flush.  Abort rather than close, so a TLS connection does not
+                # wait for a close_notify that an idle client in a connection pool never sends.
+                self.transport.abort()
+                return
             super().shutdown()
 
     return BoundedH11Protocol
@@ -634,6 +639,7 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, *, quiet: b
         if cert is not None:
             config.ssl = tls_mod.server_context(cert)  # TLS 1.2+, modern ciphers (not uvicorn's default list)
         server = _Server(config)
+        server.limits = limits
 
         def begin_shutdown(sig: int) -> None:
             asgi.stopping = True
@@ -692,6 +698,7 @@ def _make_server_class():
         on_shutdown = None
         on_started = None
         before_close = None
+        limits = Limits()
 
         def handle_exit(self, sig, frame) -> None:
             # Runs in the signal handler: only set flags (no locks, no I/O).
@@ -710,7 +717,22 @@ def _make_server_class():
             pass
 
         async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
+            loop = asyncio.get_running_loop()
+            create_server = loop.create_server
+
+            async def bounded_create_server(*args, **kwargs):
+                if kwargs.get("ssl") is not None:
+                    # A TLS handshake counts against the header deadline; a closing TLS connection waits at
+                    # most a few seconds for the client's close_notify (asyncio's default is 30 s).
+                    kwargs.setdefault("ssl_handshake_timeout", self.limits.header_timeout)
+                    kwargs.setdefault("ssl_shutdown_timeout", 5.0)
+                return await create_server(*args, **kwargs)
+
+            loop.create_server = bounded_create_server  # uvicorn offers no way to pass these
+            try:
+                await super().startup(sockets=sockets)
+            finally:
+                del loop.create_server
             if self.on_started is not None and self.started:
                 await asyncio.get_running_loop().run_in_executor(None, self.on_started)
 

@@ -142,8 +142,12 @@ class CrowdServer:
 
 def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  extra_args: Sequence[str] = (), timeout: float = 30.0, log_path: str | Path | None = None,
-                 env: dict | None = None, assets_dir: str | Path | None = None) -> CrowdServer:
+                 env: dict | None = None, assets_dir: str | Path | None = None,
+                 ca_file: str | Path | None = None) -> CrowdServer:
     """Start ``python -m orchestrator.crowd_server`` and wait until it answers /health.
+
+    ``ca_file``: the CA to trust for an HTTPS server started with ``--tls-cert`` (with ``--tls self-signed``
+    the server's own CA is found by itself).
 
     ``assets_dir``: also serve that directory at ``{endpoint_url}/assets/...`` (``--assets DIR``).
 
@@ -184,7 +188,7 @@ def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0
     creds = cm.load(data_dir)
     srv = CrowdServer(info["endpoint_url"], data_dir, creds.access_key_id, creds.secret_access_key, creds.region,
                       proc, log_path, host=host, port=info["port"], extra_args=tuple(extra_args),
-                      ca_file=info.get("ca_file"), public_url=info.get("public_url"))
+                      ca_file=str(ca_file) if ca_file else info.get("ca_file"), public_url=info.get("public_url"))
     while time.time() < deadline:
         try:
             if srv.health()["status"] == "ok":

@@ -148,8 +148,10 @@ def _describe_files(cert_file: Path, key_file: Path, host: str) -> CertInfo:
         raise LabelpropError(f"--tls-cert {cert_file}: not a PEM certificate ({exc})") from None
     names = _san_names(cert)
     dns = [n for n in names if _ip(n) is None and "*" not in n]
-    if host in WILDCARD_HOSTS or host in LOOPBACK_HOSTS:
-        local = next((n for n in names if n in LOOPBACK_HOSTS), None)
+    if host in names:
+        endpoint = host
+    elif host in WILDCARD_HOSTS or host in LOOPBACK_HOSTS:
+        local = next((n for n in ("127.0.0.1", "localhost", "::1") if n in names), None)
         endpoint = local or (dns[0] if dns else None)
     else:
         endpoint = host
