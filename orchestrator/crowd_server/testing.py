@@ -143,13 +143,17 @@ class CrowdServer:
 def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  extra_args: Sequence[str] = (), timeout: float = 30.0, log_path: str | Path | None = None,
                  env: dict | None = None, assets_dir: str | Path | None = None,
-                 ca_file: str | Path | None = None) -> CrowdServer:
+                 ca_file: str | Path | None = None, python: str | None = None,
+                 repo: str | Path | None = None) -> CrowdServer:
     """Start ``python -m orchestrator.crowd_server`` and wait until it answers /health.
 
     ``ca_file``: the CA to trust for an HTTPS server started with ``--tls-cert`` (with ``--tls self-signed``
     the server's own CA is found by itself).
 
     ``assets_dir``: also serve that directory at ``{endpoint_url}/assets/...`` (``--assets DIR``).
+
+    ``python``/``repo``: run the server of another checkout with its own interpreter (benchmarks compare
+    two versions this way); default: this checkout, this interpreter.
 
     ``port=0`` picks a free port (race-free: the server binds it and reports it in server.json).
     Logs (stdout and the JSON request log on stderr) go to ``log_path`` (default DATA_DIR/server.log).
@@ -160,14 +164,14 @@ def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0
         extra_args = (*extra_args, "--assets", str(Path(assets_dir).resolve()))
     info_path = server_info_path(data_dir)
     log_path = Path(log_path) if log_path else data_dir / "server.log"
-    cmd = [sys.executable, "-m", "orchestrator.crowd_server", "--host", host, "--port", str(port),
+    cmd = [python or sys.executable, "-m", "orchestrator.crowd_server", "--host", host, "--port", str(port),
            "--data-dir", str(data_dir), *extra_args]
     penv = dict(os.environ if env is None else env)
-    repo_root = str(Path(__file__).resolve().parents[2])
+    repo_root = str(Path(repo).resolve() if repo else Path(__file__).resolve().parents[2])
     penv["PYTHONPATH"] = repo_root + (os.pathsep + penv["PYTHONPATH"] if penv.get("PYTHONPATH") else "")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=penv, start_new_session=True)
+                                env=penv, start_new_session=True, cwd=repo_root if repo else None)
     deadline = time.time() + timeout
     info = None
     while time.time() < deadline:
