@@ -43,7 +43,8 @@ def crowd(tmp_path_factory):
     c.srv.stop()
 
 
-@pytest.mark.parametrize("cmd", [[], ["add-worker"], ["list-workers"], ["credentials"], ["simulate"], ["add-funds"]])
+@pytest.mark.parametrize("cmd", [[], ["add-worker"], ["list-workers"], ["credentials"], ["simulate"], ["add-funds"],
+                                 ["revoke-worker"], ["rotate-credentials"]])
 def test_help_teaches_with_examples(cmd):
     r = run_cli(*cmd, "--help")
     assert r.returncode == 0, r.stderr

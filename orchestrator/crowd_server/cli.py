@@ -281,10 +281,9 @@ def rotate_credentials_command(
       labelprop crowd-server rotate-credentials --data-dir crowd
     """
     from . import credentials as cm
-    from .store import prepare_data_dir
-    dd = prepare_data_dir(_data_dir(data_dir))
-    if cm.load(dd) is None:
-        raise LabelpropError(f"no requester credentials in {dd} yet (start the server once)")
+    dd = _data_dir(data_dir)
+    if not cm.credentials_path(dd).is_file():
+        raise LabelpropError(f"no requester credentials in {dd} yet (start the server once, or pass --data-dir)")
     c = cm.rotate(dd)
     typer.echo(f"new requester key {c.access_key_id} written to {cm.credentials_path(dd)}; the old key no longer works")
 
@@ -313,7 +312,8 @@ def credentials_command(
         return
     typer.echo(json.dumps({"aws_access_key_id": c.access_key_id, "aws_secret_access_key": c.secret_access_key,
                            "region_name": c.region, "endpoint_url": info.get("endpoint_url"),
-                           "credentials_file": str(cm.credentials_path(dd)), "profile": cm.PROFILE}, indent=2))
+                           "credentials_file": str(cm.credentials_path(dd)), "profile": cm.PROFILE,
+                           "ca_bundle": info.get("ca_file")}, indent=2))
 
 
 @crowd_app.command("simulate")
