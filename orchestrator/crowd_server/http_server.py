@@ -168,6 +168,8 @@ class App:
     def __init__(self, data_dir: Path, *, quiet: bool = False, synchronous: str = "FULL",
                  initial_balance: str = "10000.00", assets_dir: Path | None = None, scheme: str = "http",
                  session_seconds: float | None = None):
+        from .validation import service_model
+        service_model()  # load botocore's model now, not during the first request
         self.store = Store(data_dir, synchronous=synchronous, initial_balance=initial_balance)
         self.creds = creds_mod.CredentialsFile(self.store.data_dir)
         self.api = RequesterApi(self.store)
