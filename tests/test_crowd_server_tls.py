@@ -235,3 +235,23 @@ def test_rotate_credentials_on_a_running_server(crowd_s):
     assert new.access_key_id != srv.access_key_id and new.access_key_id in r.stdout
     srv.access_key_id, srv.secret_access_key = new.access_key_id, new.secret_access_key
     assert srv.client().get_account_balance()["AvailableBalance"] == "10000.00"
+
+
+def test_cookies_carry_sessions_only_and_bearer_tokens_follow_the_link(crowd_s):
+    """A sign-in token is a password: it opens sessions (and authenticates programmatic clients as a
+    bearer token while the link is valid), but a cookie holding it is no session."""
+    srv = crowd_s.srv
+    w = srv.add_worker("bearer")
+    assert get(srv, "/", f"lp_worker={w['token']}")[0] == 401
+    req = urllib.request.Request(srv.endpoint_url + "/?format=json", headers={"Authorization": f"Bearer {w['token']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read())["workerId"] == w["worker_id"]
+    from orchestrator.crowd_server.store import Store
+    store = Store(srv.data_dir)
+    try:
+        store.revoke_worker("bearer")
+    finally:
+        store.close()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401

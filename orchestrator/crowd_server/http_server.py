@@ -244,10 +244,11 @@ class App:
         """
         if method != "POST" or path == "/mturk/externalSubmit":
             return None
-        own = f"{self.scheme}://{headers.get('Host') or ''}"
         origin = headers.get("Origin")
         site = headers.get("Sec-Fetch-Site")
-        if (origin is not None and origin != own) or (site is not None and site not in ("same-origin", "none")):
+        # Host and port, not the scheme: behind a TLS-terminating proxy the browser says https, we see http.
+        foreign = origin is not None and urlsplit(origin).netloc.lower() != (headers.get("Host") or "").lower()
+        if foreign or (site is not None and site not in ("same-origin", "none")):
             return _plain(403, "Cross-site request refused: this action can only be taken from the worker pages.\n",
                           [("Cache-Control", "no-store")])
         return None

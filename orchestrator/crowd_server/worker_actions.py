@@ -54,11 +54,12 @@ class WorkerActions:
 
     # ------------------------------------------------------------ identity
 
-    def authenticate(self, credential: str | None) -> Worker:
-        """The worker behind a session id (the cookie) or, for programmatic clients, a valid sign-in token."""
+    def authenticate(self, credential: str | None, *, bearer: bool = False) -> Worker:
+        """The worker behind a session id (the cookie); with ``bearer`` (an ``Authorization: Bearer`` header
+        from a programmatic client) also a sign-in token whose link is still valid."""
         if not credential:
             raise WorkerError(401, "Sign in with the personal link your requester gave you.")
-        w = self.store.worker_by_session(credential) or self.store.worker_by_token(credential)
+        w = self.store.worker_by_session(credential) or (self.store.worker_by_token(credential) if bearer else None)
         if w is None:
             raise WorkerError(401, "You are not signed in, or your sign-in has expired or was revoked. "
                                    "Open your personal sign-in link again (ask your requester for a new one).")

@@ -129,7 +129,8 @@ class WorkerWeb:
             fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if method == "POST" else []
             if method == "POST" and path == "/mturk/externalSubmit":
                 return self.external_submit(fields, query, headers, wants_json, log)
-            worker = self.actions.authenticate(self._token(headers))
+            credential, bearer = self._credential(headers)
+            worker = self.actions.authenticate(credential, bearer=bearer)
             log["worker"] = worker.worker_id
             return self.route(method, path, query, fields, worker, wants_json, origin)
         except WorkerError as exc:
@@ -146,20 +147,23 @@ class WorkerWeb:
         secure = "; Secure" if self.scheme == "https" else ""
         return f"{self.cookie_name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
 
-    def _token(self, headers) -> str | None:
-        """The session id from the cookie, or a bearer credential (programmatic clients)."""
+    def _credential(self, headers) -> tuple[str | None, bool]:
+        """(credential, is_bearer): a bearer credential (programmatic clients), else the cookie's session id."""
         auth = headers.get("Authorization") or ""
         if auth.startswith("Bearer "):
-            return auth[7:].strip()
+            return auth[7:].strip(), True
         raw = headers.get("Cookie")
         if not raw:
-            return None
+            return None, False
         c = SimpleCookie()
         try:
             c.load(raw)
         except Exception:
-            return None
-        return c[self.cookie_name].value if self.cookie_name in c else None
+            return None, False
+        return (c[self.cookie_name].value if self.cookie_name in c else None), False
+
+    def _token(self, headers) -> str | None:
+        return self._credential(headers)[0]
 
     def static(self, name: str) -> Response:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
@@ -310,8 +314,8 @@ class WorkerWeb:
         assignment_id = dict(fields).get("assignmentId") or query.get("assignmentId") or ""
         if not assignment_id or assignment_id == ASSIGNMENT_ID_NOT_AVAILABLE:
             raise WorkerError(400, "You must ACCEPT the HIT before you can submit the results.")
-        token = self._token(headers)
-        w = self.actions.authenticate(token) if token else None
+        credential, bearer = self._credential(headers)
+        w = self.actions.authenticate(credential, bearer=bearer) if credential else None
         a = self.actions.submit(assignment_id, fields, w)
         log["worker"] = a.worker_id
         if wants_json:
