@@ -2,17 +2,20 @@
 """Issue 8 item 5: the paper's fixed N_s against size-aware acceptance, on the same trees.
 
 For each pool size (one class of synthetic triplets, ``make_triplets(n, classes=1, seed=1)``,
-clustered with ``labelprop``'s clustering at the given exact limit), runs the search to the
+clustered with ``labelprop``'s default clustering: exact complete linkage up to 40,000 masks,
+the faithful two-level tree of :mod:`clustering.twolevel` above), runs the search to the
 end with the oracle (Q is the true cluster quality: the best any sampling rule can do on
 this tree), with the paper's fixed rule, and with size-aware acceptance (one or more
 ``--risk-masks``), for the ``heuristic`` and ``value`` orders.  Prints one JSON object:
 precision and mean IoU of the accepted masks, accepted masks, questions, masks per
 question, the largest accepted cluster, and wall time per run.
 
-Forests can be cached with ``--cache DIR`` (clustering 1M masks takes minutes).
+Forests can be cached with ``--cache DIR`` (clustering 1M masks takes minutes); the file
+name carries the clustering parameters.
 
-    .venv/bin/python bench/acceptance_scale.py --sizes 20000 200000       # ~3 min, < 2 GiB
+    .venv/bin/python bench/acceptance_scale.py --sizes 20000 200000       # ~5 min, < 3 GiB
     .venv/bin/python bench/acceptance_scale.py --sizes 1000000 --cache /tmp/forests
+    .venv/bin/python bench/acceptance_scale.py --risk-masks 50 100 200 --orders heuristic value
 """
 from __future__ import annotations
 
@@ -28,26 +31,22 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clustering.build import ClusterParams, build_forest  # noqa: E402
+from clustering.build import DEFAULT_EXACT_LIMIT, ClusterParams, build_forest  # noqa: E402
 from clustering.tree import Forest  # noqa: E402
 from orchestrator.annotators import SimulatedAnnotators  # noqa: E402
 from orchestrator.search import SearchParams  # noqa: E402
 from orchestrator.simulate import run_tree_search  # noqa: E402
 from orchestrator.synth import make_triplets  # noqa: E402
 
-# exact limits per size: exact trees up to 40k; above, the two-level path with parts small
-# enough for this machine (the issue's 1M figures used --exact-limit 5000)
-EXACT_LIMIT = {20_000: 40_000, 200_000: 20_000, 1_000_000: 5_000}
-
-
-def forest_for(n: int, limit: int, cache: str | None):
-    path = os.path.join(cache, f"forest_{n}_{limit}.npz") if cache else None
+def forest_for(n: int, cp: ClusterParams, cache: str | None):
+    name = f"forest_{n}_exact{cp.exact_limit}_part{cp.part_size}_atom{cp.atom_size}_reps{cp.n_reps}.npz"
+    path = os.path.join(cache, name) if cache else None
     if path and os.path.exists(path):
         d = np.load(path)
         return Forest.from_npz_dict(d), d["ious"], 0.0
     t0 = time.perf_counter()
     t = make_triplets(n, classes=1, dim=16, seed=1)
-    f = build_forest(t.features, t.scores, t.classes, ClusterParams(exact_limit=limit, seed=0))
+    f = build_forest(t.features, t.scores, t.classes, cp)
     secs = time.perf_counter() - t0
     if path:
         os.makedirs(cache, exist_ok=True)
@@ -72,13 +71,17 @@ def main() -> None:
     ap.add_argument("--risk-masks", type=float, nargs="*", default=[SearchParams.risk_masks])
     ap.add_argument("--orders", nargs="*", default=["heuristic", "value"])
     ap.add_argument("--error-rate", type=float, default=0.0)
+    ap.add_argument("--exact-limit", type=int, default=DEFAULT_EXACT_LIMIT,
+                    help="largest class clustered exactly (above: two levels)")
     ap.add_argument("--cache", default=None, help="directory to keep the clustered forests in")
     args = ap.parse_args()
     out: dict = {"error_rate": args.error_rate, "sizes": {}}
     for n in args.sizes:
-        limit = EXACT_LIMIT.get(n, 5_000)
-        forest, ious, cluster_s = forest_for(n, limit, args.cache)
-        row: dict = {"exact_limit": limit, "clustering_s": round(cluster_s, 1), "runs": {}}
+        cp = ClusterParams(exact_limit=args.exact_limit, seed=0)
+        forest, ious, cluster_s = forest_for(n, cp, args.cache)
+        row: dict = {"tree": "exact" if n <= cp.exact_limit else
+                     f"two-level (parts of <= {cp.part_size}, atoms of ~{cp.atom_size}, {cp.n_reps} reps)",
+                     "clustering_s": round(cluster_s, 1), "runs": {}}
         for order in args.orders:
             variants = [("oracle", SearchParams(strategy=order, oracle=True)),
                         ("fixed", SearchParams(strategy=order))]

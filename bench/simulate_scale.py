@@ -15,6 +15,11 @@ search was reworked).  ``search_s`` includes building the search's structures.
     .venv/bin/python bench/simulate_scale.py                    # all cases
     .venv/bin/python bench/simulate_scale.py --quick            # 10k only, and a 200k-leaf tree
     .venv/bin/python bench/simulate_scale.py --search-only --strategies heuristic value
+    # before/after: the same search-only case with another checkout's code (e.g. `git archive`)
+    .venv/bin/python bench/simulate_scale.py --search-only --compare /tmp/before --strategies heuristic value
+
+``search_cpu_s`` (CPU seconds of the process) is the figure to compare on a shared machine:
+wall time there also measures the other work.
 """
 from __future__ import annotations
 
@@ -81,11 +86,17 @@ build_s = time.perf_counter() - t0
 t0 = time.perf_counter()
 forest = Forest.from_linkage(Z, scores)
 tree_s = time.perf_counter() - t0
-out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2)}}
+import orchestrator.search
+out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_py": orchestrator.search.__file__}}
 for strategy in {strategies!r}:
     t0 = time.perf_counter()
     c0 = time.process_time()
-    r = run_tree_search(forest, SearchParams(strategy=strategy), SimulatedAnnotators(ious, 0.75), ious)
+    try:
+        params = SearchParams(strategy=strategy)
+    except Exception as exc:          # a strategy this checkout does not have (--compare)
+        out[strategy] = {{"error": str(exc)}}
+        continue
+    r = run_tree_search(forest, params, SimulatedAnnotators(ious, 0.75), ious)
     out[strategy] = {{"search_s": round(time.perf_counter() - t0, 2),
                      "search_cpu_s": round(time.process_time() - c0, 2),
                      "nodes_visited": int(r.clusters_annotated), "questions": int(r.questions),
@@ -111,6 +122,9 @@ def main() -> None:
     ap.add_argument("--leaves", type=int, default=None, help="leaves of the random tree (default 1M; 200k with --quick)")
     ap.add_argument("--strategies", nargs="*", default=["heuristic"],
                     help="tree strategies to time on the random tree (default: heuristic)")
+    ap.add_argument("--compare", default=None, metavar="DIR",
+                    help="also run the search-only case with the code of another checkout at DIR "
+                         "(its orchestrator/ and clustering/), reported under \"before\"")
     args = ap.parse_args()
     cases = [(10_000, 1)] if args.quick else [(10_000, 1), (40_000, 1), (100_000, 10)]
     out: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
@@ -124,6 +138,10 @@ def main() -> None:
     leaves = args.leaves or (200_000 if args.quick else 1_000_000)
     out["search_only"][f"{leaves}_leaf_tree"] = run_case(
         TREE_CASE.format(root=ROOT, n=leaves, strategies=list(args.strategies)))
+    if args.compare:
+        other = os.path.abspath(args.compare)
+        out["search_only"][f"{leaves}_leaf_tree_before"] = dict(
+            run_case(TREE_CASE.format(root=other, n=leaves, strategies=list(args.strategies))), code=other)
     print(json.dumps(out, indent=2))
 
 

@@ -314,6 +314,37 @@ class _Counts:
         return tot & M, (tot >> W) & M, tot >> (2 * W)
 
 
+def _bump_sorted(levels: list, pos: list, d: int) -> None:
+    """Add ``d`` to the block totals above each of the sorted leaf positions ``pos`` (the
+    level updates of :meth:`_Counts.set` for many positions at once: one addition per level
+    where they all share a block, which is the rule for the masks of one node)."""
+    lo, hi, k = pos[0], pos[-1], len(pos)
+    sh = 0
+    for lv in levels:
+        sh += 6
+        a = lo >> sh
+        if a == hi >> sh:
+            lv[a] += d * k
+        else:
+            for ps in pos:
+                lv[ps >> sh] += d
+
+
+def _bump_many(levels: list, pos: list, ds: list) -> None:
+    """Add ``ds[i]`` to the block totals above leaf position ``pos[i]``, for every i (in any
+    order; one addition per level where they all share a block)."""
+    lo, hi = min(pos), max(pos)
+    sh = 0
+    for lv in levels:
+        sh += 6
+        a = lo >> sh
+        if a == hi >> sh:
+            lv[a] += sum(ds)
+        else:
+            for ps, d in zip(pos, ds):
+                lv[ps >> sh] += d
+
+
 # ------------------------------------------------------------------------ strategies
 class _Order:
     """How a tree strategy orders the queue.
@@ -830,14 +861,10 @@ class Search:
                         if len(chosen) == k:
                             break
             pos = sorted(chosen)
-        pc = self._pc
-        code, levels = pc.code, pc.levels
-        for ps in pos:              # == pc.set(ps, 3), inlined
-            d = code[3] - code[st[ps]]
+        for ps in pos:              # == pc.set(ps, 3) for each: every sampled position was free
             st[ps] = 3
-            for lv in levels:
-                ps >>= 6
-                lv[ps] += d
+        if pos:
+            _bump_sorted(self._pc.levels, pos, self._pc.code[3])
         orderl, pend = self._orderl, self._pend
         ml = [orderl[ps] for ps in pos]
         for mk in ml:
@@ -1061,6 +1088,9 @@ class Search:
         rekey = not self._order.static
         took_m: list[int] = []
         took_l: list[int] = []
+        took_p: list[int] = []
+        took_d: list[int] = []
+        dyes, dno = code[2] - code[3], code[1] - code[3]
         touched: set[int] = set()
         stray: list[int] = []
         js, je, jn = 0, 0, -1       # the asking node found last (answers come in runs per node)
@@ -1077,15 +1107,18 @@ class Search:
                     js = je = 0
                     if rekey:
                         stray.append(mk)
-            lab = 1 if lb else 0
-            new = 2 if lab else 1   # == pc.set(ps, new), inlined
-            d = code[new] - code[3]
-            st[ps] = new
-            for lv in levels:
-                ps >>= 6
-                lv[ps] += d
+            if lb:                  # == pc.set(ps, 2 or 1); the block totals below, at once
+                st[ps] = 2
+                took_d.append(dyes)
+                took_l.append(1)
+            else:
+                st[ps] = 1
+                took_d.append(dno)
+                took_l.append(0)
+            took_p.append(ps)
             took_m.append(mk)
-            took_l.append(lab)
+        if took_p:
+            _bump_many(levels, took_p, took_d)
         pend, ans = self._pend, self._ans
         for mk, lab in zip(took_m, took_l):
             pend[mk] = 0

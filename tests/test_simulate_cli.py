@@ -117,6 +117,16 @@ def test_value_order_spends_a_quarter_budget_better(tmp_path):
     assert len(set(ends.values())) == 1
 
 
+def test_all_strategies_and_the_demo_include_value():
+    from orchestrator.cli_simulate import DEMO_STRATEGIES, _strategies
+    from orchestrator.search import SearchParams
+
+    every = _strategies(["all"])
+    assert "value" in every and "value-simple" in every and "heuristic" in every and "lsun" in every
+    assert _strategies([]) == [SearchParams.strategy] == ["value"]
+    assert DEMO_STRATEGIES[:2] == ("heuristic", "value")   # the demo's budget is the heuristic's
+
+
 def test_simulate_calibration_acceptance_and_leaf_rule_options(tmp_path):
     held = tmp_path / "held.npz"
     data = tmp_path / "data.npz"
