@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "orchestrator.cli_data",
     "orchestrator.cli_campaign",
     "orchestrator.cli_run",
+    "orchestrator.cli_estimate",
     "orchestrator.cli_crowd",
     "orchestrator.crowd_server.cli",
 ]

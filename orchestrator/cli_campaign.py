@@ -30,9 +30,11 @@ def _is_campaign(d: Path) -> bool:
 
 
 def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed: int = 0,
-                  db: str | None = None, backend: str | None = None, force: bool = False) -> dict:
+                  db: str | None = None, backend: str | None = None, force: bool = False,
+                  budget_usd: float | None = None, endpoint_url: str | None = None) -> dict:
     """Create DIR, write every parameter to DIR/campaign.toml and create the store."""
-    from orchestrator.config import config_path, default_config, save_config, validate_config
+    from orchestrator.config import (apply_backend_defaults, config_path, default_config, save_config,
+                                     validate_config)
     from orchestrator.store import log_event, open_store, transaction
 
     d = Path(campaign_dir)
@@ -47,7 +49,11 @@ def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed
     if db:
         cfg.store.url = db
     if backend:
-        cfg.crowd.backend = backend
+        apply_backend_defaults(cfg, backend)
+    if budget_usd is not None:
+        cfg.crowd.budget_usd = budget_usd
+    if endpoint_url:
+        cfg.crowd.endpoint_url = endpoint_url
     try:
         validate_config(cfg, config_path(d))           # a bad option or --db writes nothing
         engine = open_store(d, url=cfg.store.url)
@@ -253,15 +259,26 @@ def init_cmd(
     name: Optional[str] = typer.Option(None, help="Campaign name (default: the directory name)."),
     seed: int = typer.Option(0, help="Seed for every random draw of the campaign."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
-    backend: Optional[str] = typer.Option(None, help="Crowd backend: mturk | server | simulated."),
+    backend: Optional[str] = typer.Option(None, help="Crowd backend: simulated (default), server (the "
+                                          "bundled crowd server) or mturk. Sets defaults that suit it."),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="Spending limit in USD, fees "
+                                               "included (crowd.budget_usd; MTurk production needs one)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="The crowd platform's URL "
+                                               "(crowd.endpoint_url), e.g. the bundled crowd server's."),
     force: bool = typer.Option(False, "--force", help="Rewrite campaign.toml of an existing "
                                "campaign (the store is kept)."),
 ) -> None:
     """Create a campaign: DIR/campaign.toml with every parameter, and the store.
 
-    Example: labelprop init runs/coco-person --seed 1
+    Examples:
+
+      labelprop init runs/coco-person --seed 1
+
+      labelprop init runs/c1 --backend server --endpoint-url http://127.0.0.1:8765
     """
-    info = init_campaign(campaign_dir, name, seed, db, backend, force)
+    if budget_usd is not None and budget_usd < 0:
+        raise LabelpropError(f"--budget-usd must be >= 0, got {budget_usd}")
+    info = init_campaign(campaign_dir, name, seed, db, backend, force, budget_usd, endpoint_url)
     typer.echo(f"campaign {info['campaign']}: wrote {info['config']}; store {info['store']}")
 
 
