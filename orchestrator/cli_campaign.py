@@ -270,11 +270,9 @@ def init_cmd(
 ) -> None:
     """Create a campaign: DIR/campaign.toml with every parameter, and the store.
 
-    Examples:
+    Example: labelprop init runs/coco-person --seed 1
 
-      labelprop init runs/coco-person --seed 1
-
-      labelprop init runs/c1 --backend server --endpoint-url http://127.0.0.1:8765
+    Example (the bundled crowd server): labelprop init runs/c1 --backend server --endpoint-url http://127.0.0.1:8765
     """
     if budget_usd is not None and budget_usd < 0:
         raise LabelpropError(f"--budget-usd must be >= 0, got {budget_usd}")

@@ -613,12 +613,13 @@ def push_blocks(ctx) -> int:
         todo = list(s.execute(select(CrowdWorker.worker_id).where(
             CrowdWorker.blocked == True, CrowdWorker.block_remote_done == False)).scalars())  # noqa: E712
         row = s.get(CrowdSetup, "block_qual")
-    if not todo or row is None or not row.remote_id:
+        qual = row.remote_id if row is not None else None
+    if not todo or not qual:
         return 0
     done = []
     for wid in todo:
         try:
-            ctx.backend.block(row.remote_id, wid)
+            ctx.backend.block(qual, wid)
             done.append(wid)
         except BackendError as exc:
             if exc.code == WORKER_NOT_FOUND:

@@ -110,6 +110,14 @@ def serve_command(
           simulate=simulate, assets_dir=assets)
 
 
+def _existing_data_dir(dd: Path) -> None:
+    """A command that manages a server's data must not create an empty data directory by mistake."""
+    from .store import DB_NAME
+    if not dd.is_dir() or not (dd / DB_NAME).is_file():
+        raise LabelpropError(f"{dd}: no crowd server data directory here (no {DB_NAME}); start the server "
+                             f"once with `labelprop crowd-server --data-dir {dd}`, or pass the --data-dir it uses")
+
+
 def _base_url(data_dir: Path, base_url: Optional[str]) -> str:
     from .store import read_server_info
     if base_url:
@@ -142,6 +150,7 @@ def add_worker_command(
     if not re.fullmatch(r"[A-Za-z]{2}(-[A-Za-z0-9]{1,3})?", locale):
         raise LabelpropError(f"--locale must look like US or US-WA, got {locale!r}")
     dd = _data_dir(data_dir)
+    _existing_data_dir(dd)
     store = Store(dd)
     try:
         try:

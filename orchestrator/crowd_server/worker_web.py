@@ -132,8 +132,20 @@ class WorkerWeb:
         except WorkerError as exc:
             if wants_json:
                 return _json(exc.status, {"error": exc.message, "status": exc.status})
-            return _html(exc.status, self.render("message.html", title="Not possible", message=exc.message,
-                                                 signed_in=exc.status not in (401,)))
+            return self.error_page(exc, headers)
+
+    def error_page(self, exc: "WorkerError", headers) -> Response:
+        """An error as a page with the navigation bar (when the worker is signed in)."""
+        w = None
+        if exc.status != 401:
+            try:
+                w = self.actions.authenticate(self._token(headers))
+            except WorkerError:
+                w = None
+        titles = {403: "Not available to you yet", 404: "Not found", 409: "Not possible now", 400: "Not possible"}
+        ctx = {"w": w} if w is not None else {}
+        return _html(exc.status, self.render("message.html", title=titles.get(exc.status, "Not possible"),
+                                             message=exc.message, signed_in=w is not None, **ctx))
 
     @staticmethod
     def _token(headers) -> str | None:
@@ -279,9 +291,10 @@ class WorkerWeb:
                 return self.test_page(w, parts[1], wants_json)
             if parts[0:1] == ["qualifications"] and len(parts) == 3 and parts[2] == "test":
                 result = self.actions.submit_test(w, parts[1], fields)
-                return _json(200, result) if wants_json else _html(
-                    200, self.render("message.html", title="Qualification test", message=result["message"],
-                                     signed_in=True, back="/qualifications"))
+                if wants_json:
+                    return _json(200, result)
+                groups = [g for g in self.actions.groups(w) if g.can_accept] if result.get("passed") else []
+                return _html(200, self.render("test_result.html", w=w, r=result, groups=groups))
         raise WorkerError(404, "There is no such page.")
 
     def dashboard(self, w, wants_json, query) -> Response:
