@@ -233,10 +233,20 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
                        undecided_masks=n_masks)
         queued = out["nodes_by_state"]
         out["queue"] = {"queued": int(queued.get("QUEUED", 0)), "asking": int(queued.get("ASKING", 0))}
-    if cfg.crowd.backend != "simulated":      # real crowd campaigns: HITs, money, workers
-        from orchestrator.poll import crowd_summary
+    from orchestrator.poll import crowd_summary       # every backend goes through the poll path
 
-        out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
+    out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
+    q = out["questions"]
+    if not out["trees_built"]:
+        state = "not clustered yet"
+    elif q["pending"] == 0 and q["answered"] + q["discarded"] == 0:
+        state = "not started"
+    elif out["undecided_masks"] == 0 or (out["queue"]["queued"] == 0 and out["queue"]["asking"] == 0
+                                          and q["pending"] == 0):
+        state = "finished" if out["crowd"]["hits_in_flight"] == 0 else "finishing (HITs in flight)"
+    else:
+        state = "running"
+    out["state"] = state
     engine.dispose()
     return out
 
@@ -272,7 +282,9 @@ def init_cmd(
 
     Example: labelprop init runs/coco-person --seed 1
 
-    Example (the bundled crowd server): labelprop init runs/c1 --backend server --endpoint-url http://127.0.0.1:8765
+    Example (the bundled crowd server): labelprop init runs/c1 --backend server
+
+    Example: labelprop init runs/c1 --backend mturk --budget-usd 50
     """
     if budget_usd is not None and budget_usd < 0:
         raise LabelpropError(f"--budget-usd must be >= 0, got {budget_usd}")
@@ -295,9 +307,10 @@ def ingest_cmd(
 ) -> None:
     """Validate mask predictions and load them into the campaign (all or nothing).
 
-    Example: labelprop ingest runs/c1 --results det.json --features feats.npy --images instances_val.json --image-root images/
+    Example: labelprop ingest runs/c1 --results det.json --features feats.npy \\
+        --images instances_val.json --image-root images/
 
-    Example (simulation triplets): labelprop ingest runs/sim --triplets triplets.npz
+    Example (simulation triplets): labelprop ingest runs/sim --triplets t.npz
     """
     from orchestrator.config import load_config
     from orchestrator.ingest import read_predictions, read_triplet_predictions, write_predictions
@@ -407,8 +420,14 @@ def status_cmd(
     t = Table(title=f"campaign {st['name']} ({st['campaign']})", show_header=False)
     t.add_column("what", style="bold")
     t.add_column("value", justify="right")
+    cr = st.get("crowd")
+    t.add_row("state", st["state"] + (f": ${cr['spent_usd']:.2f} spent, {cr['work_hours']:.1f} h of work"
+                                      if cr and st["state"] == "finished" else ""))
     t.add_row("kind", str(st["kind"] or "-"))
-    t.add_row("masks", str(st["masks"]))
+    t.add_row("masks (accepted + rejected + undecided)", f"{st['masks']:,}")
+    t.add_row("  accepted masks", f"{st['accepted_masks']:,}")
+    t.add_row("  rejected masks", f"{st['rejected_masks']:,}")
+    t.add_row("  undecided masks", f"{st['undecided_masks']:,}")
     if st["masks_held_out_as_gold"]:
         t.add_row("  held out as gold", str(st["masks_held_out_as_gold"]))
     t.add_row("classes", str(st["classes"]))
@@ -418,31 +437,32 @@ def status_cmd(
     for k, v in st["nodes_by_state"].items():
         t.add_row(f"nodes {k.lower()}", str(v))
     q = st["questions"]
-    t.add_row("questions pending / answered", f"{q['pending']} / {q['answered']}")
+    t.add_row("questions pending / answered / re-asked", f"{q['pending']} / {q['answered']} / {q['discarded']}")
     t.add_row("answers (yes)", f"{st['answers']} ({st['answers_yes']})")
-    t.add_row("accepted masks", str(st["accepted_masks"]))
-    t.add_row("rejected masks", str(st["rejected_masks"]))
     t.add_row("queue (queued / asking nodes)", f"{st['queue']['queued']} / {st['queue']['asking']}")
     console = Console()
-    cr = st.get("crowd")
     if cr is not None:
         t.add_row("crowd backend", cr["backend"])
         t.add_row("HITs in flight / posted", f"{cr['hits_in_flight']} / {cr['hits_posted']}")
         t.add_row("assignments approved / rejected",
                   f"{cr['assignments_approved']} / {cr['assignments_rejected']}")
+        if cr["answers_held"]:
+            t.add_row("answers held (workers on probation)",
+                      f"{cr['answers_held']} ({cr['workers_on_probation_with_held_answers']} workers)")
         b = f" of ${cr['budget_usd']:.2f}" if cr["budget_usd"] else " (no budget)"
         t.add_row("spent", f"${cr['spent_usd']:.2f}{b} (${cr['committed_usd']:.2f} committed)")
+        t.add_row("work", f"{cr['work_hours']:.2f} h")
         t.add_row("gold questions", str(cr["gold_questions"]))
     console.print(t)
     if cr is not None and cr["workers"]:
-        w = Table(title="workers")
-        for col in ("worker", "assignments", "approved", "rejected", "gold accuracy", "median s/question",
-                    "flagged", "state"):
+        w = Table(title="workers, best first", caption="score: gold accuracy and agreement with the other "
+                  "answers of their clusters; s/q: median seconds per question; fast: HITs flagged too fast")
+        for col in ("#", "worker", "score", "HITs", "ok/rej", "gold", "agree", "s/q", "fast", "state"):
             w.add_column(col, justify="left" if col in ("worker", "state") else "right")
         for r in cr["workers"]:
             acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.2f} ({r['gold_correct']}/{r['gold_total']})"
-            sec = "-" if r["median_seconds_per_question"] is None else f"{r['median_seconds_per_question']:.2f}"
-            state = "blocked" if r["blocked"] else "trusted" if r["trusted"] else "probation"
-            w.add_row(r["worker_id"], str(r["assignments"]), str(r["approved"]), str(r["rejected"]), acc, sec,
-                      str(r["flagged"]), state)
+            ag = "-" if r["mean_agreement"] is None else f"{r['mean_agreement']:.2f}"
+            sec = "-" if r["median_seconds_per_question"] is None else f"{r['median_seconds_per_question']:.1f}"
+            w.add_row(str(r["rank"]), r["worker_id"], f"{r['score']:.2f}", str(r["assignments"]),
+                      f"{r['approved']}/{r['rejected']}", acc, ag, sec, str(r["flagged"]), r["state"])
         console.print(w)

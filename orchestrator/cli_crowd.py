@@ -24,39 +24,34 @@ from orchestrator.errors import LabelpropError
 
 DB_HELP = "SQLAlchemy URL overriding the campaign's store."
 
-POLL_HELP = """One pass of a real crowd campaign (backend "mturk" or "server"), for cron.
+POLL_HELP = """One pass of a crowd campaign (any backend), for cron.
 
-Takes the campaign's lock (a second concurrent poll exits at once with a message), fetches the
-submitted assignments, scores gold, approves or rejects, soft-blocks workers who fail gold,
-records answers, decides clusters, posts the next HITs (at most crowd.max_hits_in_flight,
-never beyond crowd.budget_usd, fees included), deletes finished HITs and re-posts HITs that
-expired unanswered. Safe to kill at any moment and to rerun.
+Takes the campaign's lock (a second concurrent poll exits at once with a message), fetches the submitted assignments, scores gold, approves or rejects, soft-blocks workers who fail gold, records answers, decides clusters, posts the next HITs (at most crowd.max_hits_in_flight, never beyond crowd.budget_usd, fees included), deletes finished HITs and re-posts HITs that expired unanswered. Safe to kill at any moment and to rerun.
 
 Examples:
 
-  labelprop poll runs/c1 --endpoint-url http://127.0.0.1:8765      # the bundled crowd server
+  labelprop poll runs/c1 --endpoint-url http://127.0.0.1:8765  # crowd server
 
-  labelprop poll runs/c1 --sandbox --profile mturk                   # MTurk sandbox
+  labelprop poll runs/c1 --sandbox --profile mturk              # the sandbox
 
-  */5 * * * *  labelprop poll /data/runs/c1 >> /data/runs/c1/poll.log 2>&1   # crontab
+  */5 * * * *  labelprop poll /data/c1 >> /data/c1/poll.log 2>&1   # crontab
 """
 
 GOLD_HELP = """Add gold questions (masks with known answers) to a campaign.
 
-Labels are yes iff iou >= the campaign's K_iou. The first call also fills the qualification
-test pool (crowd.qualification.questions items); the rest is hidden in every HIT.
+Labels are yes iff iou >= the campaign's K_iou. The first call also fills the qualification test pool (crowd.qualification.questions items); the rest is hidden in every HIT.
 
 Examples:
 
-  labelprop gold runs/c1 --results gold_preds.json --images instances.json --image-root images/
+  labelprop gold runs/c1 --results gold_preds.json --images instances.json \\
+      --image-root images/
 
   labelprop gold runs/c1 --from-masks 200
 """
 
-REPORT_HELP = """Write an HTML report of a crowd campaign (plots and the worker table).
+REPORT_HELP = """Write an HTML report of a crowd campaign: plots, thumbnails and workers.
 
-The page shows accepted masks and their quality against spend, the cluster decisions, and the
-workers with their gold accuracy, seconds per question and blocks.
+The page shows accepted masks and their quality against spend, the cluster decisions, thumbnails of the accepted masks (a grid per class), the accepted masks that look doubtful, and the workers ranked by their gold accuracy, agreement and speed.
 
 Example:
 

@@ -34,7 +34,7 @@ Examples:
 
   labelprop calibrate heldout.npz --eps 0.02 --plot fig4.png --csv curve.csv
 
-  labelprop calibrate heldout.npz --write my-campaign/   (sets kpr and kpa in its campaign.toml)
+  labelprop calibrate heldout.npz --write camp/   # kpr, kpa into campaign.toml
 
   labelprop calibrate heldout.npz --json
 """

@@ -11,10 +11,7 @@ from orchestrator.errors import LabelpropError
 
 ESTIMATE_HELP = """Estimate what a campaign will ask and cost, before anything is posted.
 
-The search is run to its end in memory from the campaign's current state, with answers drawn
-from the mask scores (a mask with score s is a "yes" with probability s), a few times over.
-The questions become HITs, dollars (the platform's fees included) and hours of work. Nothing
-is written; `labelprop run DIR --dry-run` prints the same.
+The search is run to its end in memory from the campaign's current state, with answers drawn from the mask scores (a mask with score s is a "yes" with probability s), a few times over. The questions become HITs, dollars (the platform's fees included) and hours of work. Nothing is written; `labelprop run DIR --dry-run` prints the same.
 
 Examples:
 

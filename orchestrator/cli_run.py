@@ -24,24 +24,19 @@ import typer
 
 from orchestrator.errors import LabelpropError
 
-RUN_HELP = """Run a campaign to the end: poll passes until it is finished, the budget is spent or it
-cannot go on.
+RUN_HELP = """Run a campaign to the end: poll passes until it is finished or cannot go on.
 
-Each pass is what `labelprop poll` does: post HITs, fetch answers, check quality, pay, decide
-clusters. With the simulated backend the passes run back to back; with MTurk or the crowd
-server they run every --interval seconds, with a live display. An unreachable platform is
-waited for (up to crowd.platform_wait_seconds). Safe to stop (Ctrl-C) or kill at any moment
-and rerun: nothing is lost or paid twice.
+Each pass is what `labelprop poll` does: post HITs, fetch answers, check quality, pay, decide clusters. With the simulated backend the passes run back to back; with MTurk or the crowd server they run every --interval seconds, with a live display. An unreachable platform is waited for (up to crowd.platform_wait_seconds). Safe to stop (Ctrl-C) or kill at any moment and rerun: nothing is lost or paid twice.
 
 Examples:
 
-  labelprop run camp                           # simulated crowd (campaign.toml: backend)
+  labelprop run camp                      # the crowd in campaign.toml
 
-  labelprop run camp --error-rate 0.02         # simulated, 2% wrong answers
+  labelprop run camp --error-rate 0.02    # simulated, 2% wrong answers
 
-  labelprop run camp --dry-run                 # expected questions, HITs, cost, hours
+  labelprop run camp --dry-run            # expected questions, cost, hours
 
-  labelprop run camp --interval 10             # the bundled crowd server or MTurk
+  labelprop run camp --interval 10        # the crowd server, or MTurk
 """
 
 

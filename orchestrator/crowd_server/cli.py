@@ -23,22 +23,18 @@ crowd_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="""Run the bundled MTurk-compatible crowd server (MTurk closed on 2026-09-30).
 
-It speaks the MTurk Requester API (2017-01-17, SigV4-signed JSON) so boto3's
-`mturk` client works unchanged with `endpoint_url`, and serves the worker web
-pages at `/` for your own annotators. The requester key pair is created on first
-start in DATA_DIR/credentials (AWS format, profile `labelprop-crowd`).
+It speaks the MTurk Requester API (2017-01-17, SigV4-signed JSON) so boto3's `mturk` client works unchanged with `endpoint_url`, and serves the worker web pages at `/` for your own annotators. The requester key pair is created on first start in DATA_DIR/credentials (AWS format, profile `labelprop-crowd`). Campaigns that post to it upload their HIT images to it, so they load for every worker.
 
 [bold]Examples[/bold]
 
   labelprop crowd-server --port 8765 --data-dir crowd
 
-  labelprop crowd-server add-worker alice --data-dir crowd   # prints alice's sign-in link
+  labelprop crowd-server add-worker alice --data-dir crowd   # a sign-in link
 
-  labelprop crowd-server --data-dir crowd --assets campaign/assets   # also serve HIT images at /assets/
+  labelprop crowd-server --port 8765 --data-dir crowd \\
+      --simulate-workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
 
-  labelprop crowd-server --port 8765 --data-dir crowd --simulate-workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
-
-  AWS_SHARED_CREDENTIALS_FILE=crowd/credentials AWS_CONFIG_FILE=crowd/config python -c "import boto3; print(boto3.client('mturk').get_account_balance())"
+  eval "$(labelprop crowd-server credentials --data-dir crowd --env)"
 """,
 )
 
@@ -141,7 +137,8 @@ def add_worker_command(
 
       labelprop crowd-server add-worker alice --data-dir crowd
 
-      labelprop crowd-server add-worker alice --data-dir crowd --new-link --base-url http://annot.lab:8765
+      labelprop crowd-server add-worker alice --data-dir crowd --new-link \\
+          --base-url http://annot.lab:8765
     """
     import re
     from .store import Store
@@ -226,9 +223,11 @@ def simulate_command(
 
     [bold]Examples[/bold]
 
-      labelprop crowd-server simulate --data-dir crowd --workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
+      labelprop crowd-server simulate --data-dir crowd \\
+          --workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
 
-      labelprop crowd-server simulate --data-dir crowd --workers "ann" --policy mypkg.truth:answer --duration 60
+      labelprop crowd-server simulate --data-dir crowd --workers "ann" \\
+          --policy mypkg.truth:answer --duration 60
     """
     from .simulated_workers import start_pool
     from .store import read_server_info
