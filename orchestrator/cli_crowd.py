@@ -1,5 +1,6 @@
 """Crowd campaign commands: ``poll`` (one pass, for cron), ``gold`` (known-answer questions),
-``report`` (an HTML page with plots).
+``report`` (an HTML page with plots and thumbnails), ``hits`` (list / expire / delete the
+campaign's HITs) and ``bonus`` (pay a worker a bonus, recorded as an intent first).
 
 Gold (``labelprop gold``): held-out masks with known answers, labelled yes iff their
 ``iou`` >= K_iou of the campaign.  Either predictions with an ``iou`` field (a COCO
@@ -287,3 +288,101 @@ def register(app: typer.Typer) -> None:
     app.command("poll", help=POLL_HELP)(poll_cmd)
     app.command("gold", help=GOLD_HELP)(gold_cmd)
     app.command("report", help=REPORT_HELP)(report_cmd)
+    app.command("hits", help=HITS_HELP)(hits_cmd)
+    app.command("bonus", help=BONUS_HELP)(bonus_cmd)
+
+
+# ------------------------------------------------------------------------------- hits, bonus
+HITS_HELP = """List, expire or delete a campaign's HITs on its crowd platform (no boto3 by hand).
+
+list: every HIT the campaign posted, with its state here and on the platform. expire: stop workers from taking open HITs (all, or --hit ID); the next poll processes what was answered and re-posts the rest under the current settings (a re-post that is not counted against crowd.max_reposts), so expire before a change and poll after it. delete: delete the HITs whose work is settled (what poll does after each HIT).
+
+Examples:
+
+  labelprop hits camp list
+
+  labelprop hits camp expire --hit 3Z9XEXAMPLEHITID
+
+  labelprop hits camp delete --json
+"""
+
+BONUS_HELP = """Pay a worker a bonus for an assignment of the campaign.
+
+The bonus is recorded first (with its fee, checked against crowd.budget_usd), then the next `labelprop poll` or `run` pays it once, with a token, so a retry never pays twice.
+
+Example:
+
+  labelprop bonus camp A1B2C3WORKER 3X7ASSIGNMENT 0.50 --reason "Careful work"
+"""
+
+
+def hits_cmd(
+    campaign_dir: Path = typer.Argument(..., metavar="DIR", help="Campaign directory."),
+    action: str = typer.Argument("list", metavar="ACTION", help="list, expire or delete."),
+    hit: Optional[str] = typer.Option(None, "--hit", help="Only this HIT (expire, delete)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="MTurk API URL (default: "
+                                               "crowd.endpoint_url)."),
+    sandbox: Optional[bool] = typer.Option(None, "--sandbox/--production", help="MTurk: sandbox or production."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="AWS profile (default: the standard chain)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    from orchestrator.crowd.backends import BackendOptions
+    from orchestrator.crowd.hits import delete_hits, expire_hits, list_hits
+
+    if action not in ("list", "expire", "delete"):
+        raise LabelpropError(f"hits: ACTION must be list, expire or delete, got {action!r}")
+    opts = BackendOptions(endpoint_url=endpoint_url, sandbox=sandbox, profile=profile)
+    if action == "list":
+        rows = list_hits(campaign_dir, db=db, options=opts)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2, default=str))
+            return
+        if not rows:
+            typer.echo(f"{campaign_dir}: no HITs posted yet")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"HITs of {campaign_dir}")
+        for col in ("intent", "HIT", "here", "platform", "questions", "gold", "submitted"):
+            t.add_column(col, justify="left" if col in ("HIT", "here", "platform") else "right")
+        for r in rows:
+            t.add_row(str(r["intent"]), r["hit_id"] or "-", r["status"], r["platform_status"] or "-",
+                      str(r["questions"]), str(r["gold"]), str(r["submitted"]))
+        Console().print(t)
+        return
+    out = (expire_hits if action == "expire" else delete_hits)(campaign_dir, hit=hit, db=db, options=opts)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    verb = "expired" if action == "expire" else "deleted"
+    typer.echo(f"{campaign_dir}: {out['done']} HITs {verb}" + (f", {len(out['failed'])} not: " if out["failed"] else "")
+               + "; ".join(f"{h}: {e}" for h, e in out["failed"][:5]))
+    if action == "expire" and out["done"]:
+        typer.echo(f"  the next `labelprop poll {campaign_dir}` processes their answers and re-posts the rest")
+
+
+def bonus_cmd(
+    campaign_dir: Path = typer.Argument(..., metavar="DIR", help="Campaign directory."),
+    worker: str = typer.Argument(..., metavar="WORKER", help="The worker's id."),
+    assignment: str = typer.Argument(..., metavar="ASSIGNMENT", help="One of the worker's assignments."),
+    usd: float = typer.Argument(..., metavar="USD", help="The bonus in dollars, e.g. 0.50."),
+    reason: str = typer.Option("Thank you for your careful work.", "--reason", help="What the worker is told."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    from orchestrator.config import load_config
+    from orchestrator.crowd.backends import backend_fees
+    from orchestrator.poll import record_bonus
+    from orchestrator.store import open_store
+
+    cfg = load_config(campaign_dir)
+    engine = open_store(campaign_dir, db)
+    try:
+        out = record_bonus(engine, cfg, backend_fees(cfg.crowd.backend), worker_id=worker,
+                           assignment_id=assignment, bonus_usd=usd, reason=reason)
+    finally:
+        engine.dispose()
+    typer.echo(f"{campaign_dir}: bonus {out['bonus']} of ${out['bonus_usd']:.2f} (${out['cost_usd']:.2f} with the "
+               f"fee) recorded for {worker}; the next `labelprop poll {campaign_dir}` pays it")
+

@@ -578,8 +578,9 @@ def create_hits(ctx, batch: int = 64) -> int:
     return made
 
 
-def dispose_hits(ctx) -> int:
-    """Delete HITs whose assignments are all settled, and old attempts of re-posted HITs."""
+def dispose_hits(ctx, only: str | None = None) -> int:
+    """Delete HITs whose assignments are all settled, and old attempts of re-posted HITs
+    (``only``: just that HIT)."""
     from orchestrator.crowd_store import CrowdAssignment as A
 
     with read_session(ctx.engine) as s:
@@ -590,6 +591,8 @@ def dispose_hits(ctx) -> int:
                           .where(CrowdHit.status == "created",
                                  (CrowdHit.attempt < HitIntent.attempt) | (HitIntent.status == "abandoned"))).all()
     jobs = [(hid, iid, True) for iid, hid in done if hid] + [(hid, iid, False) for hid, iid in stale]
+    if only is not None:
+        jobs = [j for j in jobs if j[0] == only]
     if not jobs:
         return 0
 
