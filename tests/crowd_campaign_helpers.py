@@ -56,20 +56,25 @@ def coco_with_iou(root: Path, **kw):
     return ds
 
 
-def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str, assets_dir: Path, seed: int = 0,
-                        n_images: int = 30, gold_images: int = 12, crowd: dict | None = None,
+def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str = "", assets_dir: Path | None = None,
+                        seed: int = 0, n_images: int = 30, gold_images: int = 12, crowd: dict | None = None,
                         qualification: dict | None = None, search: dict | None = None,
-                        data_seed: int = 3, gold: bool = True, db: str | None = None) -> Path:
+                        data_seed: int = 3, gold: bool = True, db: str | None = None, backend: str = "server",
+                        simulated_workers: str = "") -> Path:
+    """A campaign on the bundled crowd server (``backend="server"``) or on the simulated crowd
+    (``backend="simulated"``, workers from ``simulated_workers``), with the same data and settings."""
     data = base / f"{name}-data"
     ds = coco_with_iou(data / "preds", n_images=n_images, n_categories=3, objects_per_image=(1, 3),
                        preds_per_object=3, seed=data_seed)
     camp = base / name
-    lp("init", camp, "--seed", seed, "--backend", "server", *(["--db", db] if db else []))
+    lp("init", camp, "--seed", seed, "--backend", backend, *(["--db", db] if db else []))
     cfg = load_config(camp)
     cfg.crowd.endpoint_url = endpoint_url
-    cfg.crowd.assets.local_dir = str(assets_dir)
+    if assets_dir is not None:
+        cfg.crowd.assets.local_dir = str(assets_dir)
     cfg.crowd.qualification.min_hits_approved = 0
     cfg.crowd.reward_usd = 0.05
+    cfg.crowd.simulated.workers = simulated_workers
     for k, v in (crowd or {}).items():
         setattr(cfg.crowd, k, v)
     for k, v in (qualification or {}).items():
