@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import lp, make_crowd_campaign  # noqa: E402
+from crowd_campaign_helpers import cli, make_crowd_campaign  # noqa: E402
 
 WORKERS = "good1:accuracy=1;good2:accuracy=0.95;spam:spammer;bad:accuracy=0.1"
 
@@ -40,11 +40,11 @@ def sim(tmp_path_factory):
     from orchestrator.report import write_report
 
     est = estimate_data(camp)
-    dry = lp("run", camp, "--dry-run").stdout
+    dry = cli("run", camp, "--dry-run").stdout
     write_report(camp, base / "before.html")
-    out = json.loads(lp("run", camp, "--json").stdout)
+    out = json.loads(cli("run", camp, "--json").stdout)
     write_report(camp, base / "after.html")
-    status = lp("status", camp, env={"COLUMNS": "120"}).stdout
+    status = cli("status", camp, env={"COLUMNS": "120"}).stdout
     st = campaign_status(camp)
     return {"camp": camp, "base": base, "out": out, "est": est, "dry": dry, "status": status, "st": st}
 
@@ -166,14 +166,14 @@ def test_a_bonus_is_recorded_within_the_budget_and_paid_once(sim):
     from orchestrator.poll import poll_once, record_bonus
     from orchestrator.store import open_store
 
-    too_much = lp("bonus", camp, wid, aid, "100", check=False)
+    too_much = cli("bonus", camp, wid, aid, "100", check=False)
     assert too_much.returncode == 2 and "exceeds what is left of the budget" in too_much.stderr
     engine = open_store(camp)
     with pytest.raises(LabelpropError, match="was not done by worker"):
         record_bonus(engine, load_config(camp), MTURK_FEES, worker_id="sim-nobody", assignment_id=aid,
                      bonus_usd=0.5, reason="")
     engine.dispose()
-    r = lp("bonus", camp, wid, aid, "0.50", "--reason", "careful work")
+    r = cli("bonus", camp, wid, aid, "0.50", "--reason", "careful work")
     assert "$0.60 with the fee" in r.stdout
     before = campaign_status(camp)["crowd"]
     assert before["owed_usd"] == pytest.approx(0.60)

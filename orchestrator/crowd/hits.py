@@ -35,7 +35,8 @@ def list_hits(campaign_dir, *, db=None, options=None) -> list[dict]:
         if types:
             remote = {t.task_id: t for t in ctx.backend.list_tasks(types)}
         return [{"intent": it.id, "attempt": it.attempt, "hit_id": it.hit_id, "status": it.status,
-                 "platform_status": remote[it.hit_id].status if it.hit_id in remote else None,
+                 "platform_status": remote[it.hit_id].status if it.hit_id in remote else
+                 ("Disposed" if it.status == "disposed" else None),
                  "questions": it.n_questions, "gold": it.n_gold, "submitted": int(subs.get(it.id, 0)),
                  "posted_at": it.posted_at, "reward_cents": it.reserve_cents // max(1, it.max_assignments)}
                 for it in intents]
