@@ -329,7 +329,11 @@ def _repost_or_abandon(ctx, s, it: HitIntent, items) -> None:
             it.reposts += 1
         it.attempt += 1
         it.status, it.hit_id, it.reviewable, it.first_try_at = "intent", None, False, None
-        it.hit_type_id, it.retired = ctx.hit_type_id or it.hit_type_id, 0
+        if ctx.hit_type_id and it.hit_type_id != ctx.hit_type_id:
+            # re-posted under a new HIT type (a new reward, say): the HIT as posted now sets its cost
+            it.hit_type_id, it.reserve_cents = ctx.hit_type_id, ctx.hit_cost
+            it.max_assignments = ctx.cfg.crowd.assignments_per_hit
+        it.retired = 0
         it.token = token_for(ctx.uid, it.id, it.attempt)
         log_event(s, "hit_reposted", intent=it.id, attempt=it.attempt,
                   annotation=annotation_for(ctx.uid, it.id, it.attempt))

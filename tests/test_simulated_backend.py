@@ -185,3 +185,36 @@ def test_a_bonus_is_recorded_within_the_budget_and_paid_once(sim):
     con.close()
     after = campaign_status(camp)["crowd"]
     assert after["spent_usd"] == pytest.approx(before["spent_usd"] + 0.60) and after["owed_usd"] == 0
+
+
+def test_cost_is_booked_from_the_hit_as_posted_not_from_the_current_config(tmp_path):
+    """The reward is raised mid-campaign: HITs posted before cost what they cost then, the rest the
+    new price; the spend is exactly what the platform charged."""
+    from orchestrator.config import load_config, save_config
+    from orchestrator.crowd.ledger import MTURK_FEES
+    from orchestrator.poll import poll_once
+
+    camp = make_crowd_campaign(tmp_path, "reward", backend="simulated", seed=5, n_images=16, gold_images=8,
+                               simulated_workers="a:accuracy=1;b:accuracy=1",
+                               crowd={"questions_per_hit": 4, "gold_per_hit": 2, "max_hits_in_flight": 2},
+                               qualification={"enabled": False, "min_gold_answers": 2}, search={"kpa": 0.3, "ns": 6})
+    poll_once(camp)
+    mid = poll_once(camp)                      # the first HITs answered and paid at $0.05
+    assert mid["assignments_approved"] >= 2
+    cfg = load_config(camp)
+    cfg.crowd.reward_usd = 0.10
+    save_config(camp, cfg)
+    for _ in range(200):
+        out = poll_once(camp)
+        if out["finished"]:
+            break
+    assert out["finished"]
+    con = _db(camp)
+    rows = con.execute("select a.cost_cents, t.params from crowd_assignment a join sim_hit h on h.hit_id = a.hit_id "
+                       "join sim_hit_type t on t.type_id = h.type_id where a.final_status = 'Approved'").fetchall()
+    charged = con.execute("select sum(charged_cents) from sim_assignment where status = 'Approved'").fetchone()[0]
+    con.close()
+    rewards = [json.loads(p)["reward"] for _, p in rows]
+    assert set(rewards) == {5, 10}                                       # both prices were paid
+    assert all(c == MTURK_FEES.assignment_cost_cents(r) for (c, _), r in zip(rows, rewards))
+    assert sum(c for c, _ in rows) == charged and out["spent_usd"] == pytest.approx(charged / 100)
