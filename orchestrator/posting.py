@@ -32,7 +32,8 @@ questions unless nothing else is in flight.  When nothing is in flight and the s
 waits only on answers held while their workers are on probation, the same questions are
 *not* shown again (that paid twice for one answer): a probation HIT of gold questions
 alone is posted instead, so those workers finish probation and their answers count (or
-are discarded).  Packing order, gold choice, shuffling and identifiers are all derived
+are discarded); only if they do not come back for two such HITs each are the held
+questions shown again.  Packing order, gold choice, shuffling and identifiers are all derived
 from the campaign seed, its uid and the intent id, and :func:`fill` is idempotent (a
 second call right after the first does nothing), so where a pass starts or stops never
 changes what is posted.  The cost of a HIT is booked from the HIT as posted (its
@@ -396,21 +397,49 @@ def _probation_hit(ctx, s) -> int:
     """Stalled: nothing in flight and the search waits only on answers held while their workers are
     on probation.  Re-posting those questions would pay a second time for the same answers (the
     same worker may take them again); a HIT of gold questions alone lets the workers finish
-    probation instead.  Returns 1 if such a HIT was made."""
+    probation instead.  Up to two such HITs per worker whose answers are held; if those workers do
+    not come back for them, the held questions are shown again (to anyone, gold included) rather
+    than leaving the campaign stalled until the holds expire.  Returns how many HITs were made."""
+    from orchestrator.store import get_meta, set_meta
+
     held = s.execute(select(CrowdAnswer.worker_id, func.count()).join(Question, Question.id == CrowdAnswer.question_id)
                      .where(CrowdAnswer.status == "held", Question.status == "pending")
                      .group_by(CrowdAnswer.worker_id)).all()
-    if not held or not (ctx.gold_yes or ctx.gold_no):
+    if not held:
         return 0
-    q = ctx.cfg.crowd.qualification
-    records = {w.worker_id: w for w in s.execute(select(CrowdWorker).where(
-        CrowdWorker.worker_id.in_([w for w, _ in held]))).scalars()}
-    short = max(max(1, q.min_gold_answers) - (records[w].gold_total if w in records else 0) for w, _ in held)
-    n_gold = max(ctx.cfg.crowd.gold_per_hit, min(short, ctx.cfg.crowd.questions_per_hit))
-    iid = _make_intent(ctx, s, [], n_gold=max(1, n_gold))
-    log_event(s, "probation_hit", intent=iid, gold=n_gold, workers=[w for w, _ in held],
-              held_answers=int(sum(n for _, n in held)))
-    return 1
+    newest = int(s.execute(select(func.max(CrowdAnswer.id)).where(CrowdAnswer.status == "held")).scalar() or 0)
+    made_for, count = (get_meta(s, "crowd.probation_hits", "0:0") or "0:0").split(":")
+    count = int(count) if int(made_for) == newest else 0
+    if (ctx.gold_yes or ctx.gold_no) and count < 2 * len(held):
+        q = ctx.cfg.crowd.qualification
+        records = {w.worker_id: w for w in s.execute(select(CrowdWorker).where(
+            CrowdWorker.worker_id.in_([w for w, _ in held]))).scalars()}
+        short = max(max(1, q.min_gold_answers) - (records[w].gold_total if w in records else 0) for w, _ in held)
+        n_gold = max(1, ctx.cfg.crowd.gold_per_hit, min(short, ctx.cfg.crowd.questions_per_hit))
+        iid = _make_intent(ctx, s, [], n_gold=n_gold)
+        set_meta(s, "crowd.probation_hits", f"{newest}:{count + 1}")
+        log_event(s, "probation_hit", intent=iid, gold=n_gold, workers=[w for w, _ in held],
+                  held_answers=int(sum(n for _, n in held)))
+        return 1
+    qids = _held_unposted(s)
+    C = ctx.cfg.crowd.questions_per_hit
+    made = 0
+    for i in range(0, len(qids), C):
+        _make_intent(ctx, s, qids[i:i + C])
+        made += 1
+        break                      # one HIT at a time: the next pass sees what it resolved
+    if made:
+        log_event(s, "held_questions_reposted", questions=min(len(qids), C),
+                  reason="the workers on probation did not take the gold HITs posted for them")
+    return made
+
+
+def _held_unposted(s) -> list[int]:
+    held = select(CrowdAnswer.question_id).where(CrowdAnswer.status == "held")
+    in_open = (select(HitItem.question_id).join(HitIntent, HitIntent.id == HitItem.intent_id)
+               .where(HitIntent.status.in_(OPEN_INTENT), HitItem.question_id.is_not(None)))
+    return list(s.execute(select(Question.id).where(Question.status == "pending", Question.id.in_(held),
+                                                    Question.id.not_in(in_open)).order_by(Question.id)).scalars())
 
 
 def _make_intent(ctx, s, question_ids: list[int], n_gold: int | None = None) -> int:
