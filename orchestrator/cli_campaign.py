@@ -421,7 +421,9 @@ def status_cmd(
     t.add_column("what", style="bold")
     t.add_column("value", justify="right")
     cr = st.get("crowd")
-    t.add_row("state", st["state"] + (f": ${cr['spent_usd']:.2f} spent, {cr['work_hours']:.1f} h of work"
+    work = "" if not cr else (f"{cr['work_hours']:.1f} h" if cr["work_hours"] >= 1 else
+                              f"{cr['work_hours'] * 60:.0f} min")
+    t.add_row("state", st["state"] + (f": ${cr['spent_usd']:.2f} spent, {work} of work"
                                       if cr and st["state"] == "finished" else ""))
     t.add_row("kind", str(st["kind"] or "-"))
     t.add_row("masks (accepted + rejected + undecided)", f"{st['masks']:,}")
@@ -451,16 +453,17 @@ def status_cmd(
                       f"{cr['answers_held']} ({cr['workers_on_probation_with_held_answers']} workers)")
         b = f" of ${cr['budget_usd']:.2f}" if cr["budget_usd"] else " (no budget)"
         t.add_row("spent", f"${cr['spent_usd']:.2f}{b} (${cr['committed_usd']:.2f} committed)")
-        t.add_row("work", f"{cr['work_hours']:.2f} h")
+        t.add_row("work", work)
         t.add_row("gold questions", str(cr["gold_questions"]))
     console.print(t)
     if cr is not None and cr["workers"]:
         w = Table(title="workers, best first", caption="score: gold accuracy and agreement with the other "
                   "answers of their clusters; s/q: median seconds per question; fast: HITs flagged too fast")
         for col in ("#", "worker", "score", "HITs", "ok/rej", "gold", "agree", "s/q", "fast", "state"):
-            w.add_column(col, justify="left" if col in ("worker", "state") else "right")
+            w.add_column(col, justify="left" if col in ("worker", "state") else "right",
+                         no_wrap=col in ("worker", "gold", "state"))
         for r in cr["workers"]:
-            acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.2f} ({r['gold_correct']}/{r['gold_total']})"
+            acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.2f}"
             ag = "-" if r["mean_agreement"] is None else f"{r['mean_agreement']:.2f}"
             sec = "-" if r["median_seconds_per_question"] is None else f"{r['median_seconds_per_question']:.1f}"
             w.add_row(str(r["rank"]), r["worker_id"], f"{r['score']:.2f}", str(r["assignments"]),

@@ -245,11 +245,13 @@ def poll_cmd(
         return
     p = out["pass"]
     b = f" of ${out['budget_usd']:.2f}" if out["budget_usd"] else ""
-    state = "finished" if out["finished"] else ("budget spent" if out["stopped"] else "running")
+    state = ("finished" if out["finished"] else f"stopped: {out['stalled']}" if out.get("stalled")
+             else "budget spent" if out["stopped"] else "running")
+    held = f"; {out['answers_held']} answers held (workers on probation)" if out.get("answers_held") else ""
     typer.echo(f"{campaign_dir}: {state}: {p.get('hits_processed', 0)} HITs processed, "
                f"{p.get('hits_created', 0)} posted, {out['hits_in_flight']} in flight; "
                f"{out['accepted_masks']:,} of {out['masks']:,} masks accepted; "
-               f"${out['spent_usd']:.2f} spent{b} ({out['seconds']:.1f} s)")
+               f"${out['spent_usd']:.2f} spent{b}{held} ({out['seconds']:.1f} s)")
     for m in out["messages"]:
         typer.echo(f"  {m}", err=True)
 

@@ -75,8 +75,12 @@ def estimate_cmd(
         f"gold each, {out['assignments_per_hit']} assignment(s))\n"
         f"  cost           {'$' + format(out['cost_usd'], ',.2f'):>9}   (${out['reward_usd']:.2f} per HIT "
         f"plus fees{budget})\n"
-        f"  work           {out['hours']:>8.1f}h   ({out['seconds_per_question']} s per question)\n"
+        f"  work           {_hours(out['hours']):>9}   ({out['seconds_per_question']} s per question)\n"
         f"  masks accepted {out['accepted_masks']:>9,}   of {out['masks']:,}")
+
+
+def _hours(h: float) -> str:
+    return f"{h:.1f} h" if h >= 1 else f"{h * 60:.0f} min"
 
 
 def register(app: typer.Typer) -> None:

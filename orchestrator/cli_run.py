@@ -270,7 +270,8 @@ def run(
         return
     state = ("finished" if out["finished"] else f"stopped: {out['stalled']}" if out.get("stalled")
              else "budget spent" if out["stopped"] else "paused (rerun to continue)")
-    hours = f", {out['work_hours']:.1f} h of work" if out.get("work_hours") else ""
+    h = out.get("work_hours") or 0
+    hours = (f", {h:.1f} h of work" if h >= 1 else f", {h * 60:.0f} min of work") if h else ""
     typer.echo(f"{campaign}: {state}: {out['accepted_masks']:,} of {out['masks']:,} masks accepted with "
                f"{out['questions']:,} questions in {out['hits_posted']} HITs ({out['clusters_annotated']:,} "
                f"clusters annotated); ${out['spent_usd']:.2f} spent{hours}")

@@ -246,7 +246,8 @@ def write_report(campaign_dir, out, db: str | None = None) -> Path:
              ("assignments approved / rejected",
               f"{cr.get('assignments_approved', 0)} / {cr.get('assignments_rejected', 0)}"),
              ("spent", f"${cr.get('spent_usd', 0):.2f} (budget {budget})"),
-             ("work", f"{cr.get('work_hours', 0):.2f} h"),
+             ("work", f"{cr.get('work_hours', 0):.1f} h" if cr.get("work_hours", 0) >= 1
+              else f"{cr.get('work_hours', 0) * 60:.0f} min"),
              ("gold questions", cr.get("gold_questions", 0))]
     # thumbnails: a grid per class, and the doubtful masks
     accepted = data["accepted"]

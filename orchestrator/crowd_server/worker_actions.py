@@ -224,6 +224,8 @@ class WorkerActions:
             for qt in s.exec(select(QualificationType).where(QualificationType.status == "Active")
                              .order_by(QualificationType.created)).all():
                 q = s.get(Qualification, (qt.qualification_type_id, w.worker_id))
+                if qt.test is None and not qt.auto_granted and (q is None or q.status != "Granted"):
+                    continue        # granted by the requester alone, and not to this worker: nothing to do
                 can, why = self._can_request(s, w, qt, now)
                 mark = pass_mark(s, qt.qualification_type_id) if qt.test is not None else None
                 held = q is not None and q.status == "Granted"
