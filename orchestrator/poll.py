@@ -146,6 +146,7 @@ class CrowdContext:
         self.messages: list[str] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.urls_ok: set[str] = set()
+        self.url_dirs_ok: set[str] = set()
         self.uid = self._uid()
         with read_session(self.engine) as s:
             golds = s.execute(select(Gold.id, Gold.label).where(Gold.pool == "hit").order_by(Gold.id)).all()

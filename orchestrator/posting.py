@@ -40,9 +40,9 @@ changes what is posted.  The cost of a HIT is booked from the HIT as posted (its
 reservation), never from the current configuration.
 
 **Creation** (:func:`create_hits`): intents are rendered (overlays published through the
-asset store, cached by content hash, so the same content comes out after a crash), every
-image a HIT shows is fetched once as a worker's browser would (a HIT whose images are not
-served is not posted), and the HIT is published with ``token = lp-<uid>-<intent>-<attempt>``
+asset store, cached by content hash, so the same content comes out after a crash), the
+images are fetched as a worker's browser would (a few per location, every one where one
+fails; a HIT whose images are not served is not posted), and the HIT is published with ``token = lp-<uid>-<intent>-<attempt>``
 and ``annotation = lp:<uid>:<intent>:<attempt>``; each result is recorded before further
 calls pile up.  A retried token gives back the HIT an earlier (crashed) try created.  Past
 a platform's token window the HIT is looked up by its annotation before a new one is made.
@@ -550,11 +550,7 @@ def create_hits(ctx, batch: int = 64) -> int:
         items = task_items(ctx, [r[0] for r in part])
         bad_images: dict[str, str] = {}
         if ctx.backend.needs_images:
-            from orchestrator.assets import check_urls
-
-            urls = {i.image_url for lst in items.values() for i in lst} - ctx.urls_ok
-            bad_images = check_urls(urls)
-            ctx.urls_ok |= urls - set(bad_images)
+            bad_images = _check_images(ctx, {i.image_url for lst in items.values() for i in lst})
         content = {iid: ctx.backend.render(lst, allow_unsure=cc.allow_unsure) for iid, lst in items.items()
                    if not any(i.image_url in bad_images for i in lst)}
         now = time.time()
@@ -605,6 +601,27 @@ def create_hits(ctx, batch: int = 64) -> int:
         if failed:
             break
     return made
+
+
+def _check_images(ctx, urls: set[str]) -> dict[str, str]:
+    """``{url: what is wrong}`` for the images a worker's browser could not load.  Images under one
+    location (the URL without its file name) are published the same way, so a few of them are fetched
+    per location and pass; where one fails, every image there is fetched."""
+    from orchestrator.assets import check_urls
+
+    todo = {u for u in urls if u not in ctx.urls_ok and u.rsplit("/", 1)[0] not in ctx.url_dirs_ok}
+    by_dir: dict[str, list[str]] = {}
+    for u in sorted(todo):
+        by_dir.setdefault(u.rsplit("/", 1)[0], []).append(u)
+    sample = [u for lst in by_dir.values() for u in lst[:3]]
+    bad = check_urls(sample)
+    for d, lst in by_dir.items():
+        if any(u in bad for u in lst[:3]):
+            bad.update(check_urls(lst[3:]))
+        else:
+            ctx.url_dirs_ok.add(d)
+    ctx.urls_ok |= set(sample) - set(bad)
+    return bad
 
 
 def dispose_hits(ctx, only: str | None = None) -> int:
