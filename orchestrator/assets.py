@@ -278,7 +278,8 @@ class LocalAssetStore:
         """Write ``data`` as ``name`` (atomically) unless it is already there, and put it on the
         mirror unless it is there; return its URL."""
         p = self.path(name)
-        if not p.is_file():
+        new = not p.is_file()
+        if new:
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=p.suffix)
             try:
@@ -289,7 +290,8 @@ class LocalAssetStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        if not self._mirror_has(name):
+        # a file new here is put on the mirror at once (its put is idempotent); an old one only if missing
+        if self.mirror is not None and (new or not self._mirror_has(name)):
             self.mirror.put(name, data, content_type)
             with self._lock:
                 self._mirrored.add(name)
