@@ -214,7 +214,8 @@ def write_report(campaign_dir, out, db: str | None = None) -> Path:
     ax.set_xlabel("spend (USD)")
     ax.set_ylabel("quality")
     ax.set_title("Quality against spend")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     imgs.append(("Quality against spend", _png(fig)))
     fig, ax = plt.subplots(figsize=(5.2, 3.0))

@@ -224,8 +224,10 @@ def test_hits_command_lists_expires_and_deletes(server):
 def test_ctrl_c_on_run_says_how_to_resume(server):
     srv, base, assets = server
     camp = make_crowd_campaign(base, "ctrlc", endpoint_url=srv.endpoint_url, assets_dir=assets, **SMALL)
+    # as in a terminal, Ctrl-C reaches `run` (a test run started in the background inherits SIGINT ignored)
     p = subprocess.Popen(LABELPROP + ["run", str(camp), "--interval", "0.5"], cwd=ROOT, env={**os.environ, **srv.env()},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = p.stderr.readline()                       # the first pass has been made (nobody answers)
     assert line.startswith("pass 1:"), line
     p.send_signal(signal.SIGINT)
