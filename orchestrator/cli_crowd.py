@@ -175,7 +175,7 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
                 last = s.execute(select(Event.payload).where(Event.kind == "cluster").order_by(Event.id.desc())
                                  .limit(1)).scalar()
                 built_with = {k: v for k, v in json.loads(last or "{}").items()
-                              if k in ("score_weight", "exact_limit", "jobs")}
+                              if k in ("score_weight", "exact_limit", "part_size", "reps", "jobs")}
         n_test = int(s.execute(select(func.count()).select_from(Gold).where(Gold.pool == "test")).scalar_one())
         for r in rows:
             r.update(pool="hit", identifier=None, created_at=utcnow())

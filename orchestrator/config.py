@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tomli_w
 
+from clustering.twolevel import DEFAULT_PART_SIZE, DEFAULT_REPS
 from orchestrator.atomic import atomic_write_text
 from orchestrator.errors import LabelpropError
 
@@ -61,7 +62,9 @@ class SearchSection:
 @dataclass
 class ClusteringSection:
     score_weight: float = 0.25
-    exact_limit: int = 40_000
+    exact_limit: int = 0        # 0: derived from the machine's memory (about 70,000 on 24 GiB)
+    part_size: int = DEFAULT_PART_SIZE  # largest part of the two-level path
+    reps: int = DEFAULT_REPS            # representatives per part (distance between parts)
 
 
 @dataclass
@@ -161,7 +164,10 @@ _HEADER = """\
 #              [search.class_quotas]: category name (or id) = number of masks wanted.
 # [clustering] score_weight: weight of the mask score next to the features (1.0: as
 #              much as all feature dimensions together; default 0.25).  exact_limit: classes larger
-#              than this are clustered in two levels.
+#              than this are clustered in two levels (0: the largest class whose distance
+#              matrix fits in 80% of the machine's memory, about 70,000 masks on 24 GiB).
+#              part_size: largest part of the two-level path (exact trees inside); reps:
+#              representatives per part for the complete-linkage distance between parts.
 # [crowd]      backend: mturk | server | simulated.  endpoint_url: empty for the
 #              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
 #              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
@@ -306,8 +312,13 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
     c = cfg.clustering
     if c.score_weight < 0:
         bad("clustering.score_weight", f"must be >= 0, got {c.score_weight}")
-    if c.exact_limit < 2:
-        bad("clustering.exact_limit", f"must be at least 2, got {c.exact_limit}")
+    if c.exact_limit != 0 and c.exact_limit < 2:
+        bad("clustering.exact_limit", f"must be at least 2 (or 0: derived from the machine's "
+                                      f"memory), got {c.exact_limit}")
+    if c.part_size < 2:
+        bad("clustering.part_size", f"must be at least 2, got {c.part_size}")
+    if c.reps < 1:
+        bad("clustering.reps", f"must be at least 1, got {c.reps}")
     if not cfg.store.url.strip():
         bad("store.url", "must not be empty")
     w = cfg.crowd

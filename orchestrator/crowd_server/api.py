@@ -21,6 +21,7 @@ from .models import (HIT, Account, Assignment, HITType, Message, Qualification, 
                      RequestToken, Worker)
 from .qualification_checks import BUILTIN, LOCALE, validate_requirements
 from .store import (Store, format_money, hit_available, hit_status, parse_money, reviewable_clause)
+from .validation import validate_input
 from .xml_formats import parse_answer_key, parse_question, parse_test
 
 TOKEN_WINDOW = 24 * 3600
@@ -29,6 +30,7 @@ MAX_PAGE = 100
 OVERRIDE_WINDOW = 30 * 24 * 3600
 MIN_DURATION, MAX_DURATION = 30, 31536000
 MAX_AUTO_APPROVAL = 2592000
+MAX_REWARD_CENTS = 100_000_000  # $1,000,000.00: keeps every sum of money far inside SQLite's 64-bit integers
 
 Op = Callable[["RequesterApi", Session, dict, float], dict]
 OPERATIONS: dict[str, tuple[Op, bool]] = {}  # name -> (function, writes)
@@ -236,6 +238,9 @@ def _hit_type_from_params(s: Session, p: dict, now: float) -> HITType:
         reward = parse_money(_need(p, "Reward"))
     except ValueError as exc:
         raise E.RequestError(f"Reward: {exc}", E.INVALID_PARAMETER) from None
+    if reward > MAX_REWARD_CENTS:
+        raise E.RequestError(f"The value {p['Reward']} for Reward is invalid. It must be at most "
+                             f"{format_money(MAX_REWARD_CENTS)}.", E.PARAMETER_OUT_OF_RANGE)
     title = _str(p, "Title", max_len=128, required=True)
     description = _str(p, "Description", max_len=2000, required=True)
     keywords = _str(p, "Keywords", "", max_len=1000) or ""
@@ -714,8 +719,7 @@ class RequesterApi:
         entry = OPERATIONS.get(op)
         if entry is None:
             raise E.UnknownOperation(op)
-        if not isinstance(params, dict):
-            raise E.RequestError("The request body must be a JSON object", E.INVALID_PARAMETER)
+        validate_input(op, params)  # types, required members, enums, lengths, patterns: the service model
         fn, writes = entry
         self.store.tick()
         now = clock.now()

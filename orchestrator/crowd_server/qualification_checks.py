@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import func
@@ -27,27 +28,60 @@ class Access:
     unmet: list[dict] = field(default_factory=list)
 
 
+MAX_REQUIREMENTS = 10
+MAX_SET_INTEGERS = 15   # In / NotIn: "you can use up to 15 IntegerValue elements"
+MAX_SET_LOCALES = 30    # In / NotIn: "you can use up to 30 LocaleValue elements"
+LOCALE_COMPARATORS = {"EqualTo", "NotEqualTo", "In", "NotIn"}
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_SUBDIVISION = re.compile(r"[A-Za-z0-9]{2}")
+
+
 def validate_requirements(reqs: list[dict], known_type) -> None:
-    """Raise ValueError for requirements MTurk would refuse. ``known_type(id)`` says if a custom type exists."""
-    if len(reqs) > 10:
-        raise ValueError("A HIT can have between zero and ten QualificationRequirements")
-    for r in reqs:
+    """Raise ValueError for requirements MTurk would refuse. ``known_type(id)`` says if a custom type exists.
+
+    The shapes (types, enums, required members) are the service model's and were checked before;
+    these are the rules of MTurk's QualificationRequirement documentation.
+    """
+    if len(reqs) > MAX_REQUIREMENTS:
+        raise ValueError(f"A HIT can have between zero and {MAX_REQUIREMENTS} QualificationRequirements")
+    for n, r in enumerate(reqs, 1):
         tid, comp = r.get("QualificationTypeId", ""), r.get("Comparator", "")
+        where = f"QualificationRequirements.{n}"
         if comp not in COMPARATORS:
-            raise ValueError(f"Comparator {comp!r} is not valid")
+            raise ValueError(f"{where}: Comparator {comp!r} is not valid")
         if tid not in BUILTIN and not known_type(tid):
             raise ValueError(f"QualificationType {tid} does not exist")
         ints, locs = r.get("IntegerValues") or [], r.get("LocaleValues") or []
+        if ints and locs:
+            raise ValueError(f"{where}: give IntegerValues or LocaleValues, not both")
+        if tid == LOCALE:
+            if ints:
+                raise ValueError(f"{where}: IntegerValues cannot be used with the Worker_Locale qualification")
+            if comp not in LOCALE_COMPARATORS:
+                raise ValueError(f"{where}: the Worker_Locale qualification takes the comparators "
+                                 f"{', '.join(sorted(LOCALE_COMPARATORS))}, not {comp}")
+        elif locs:
+            raise ValueError(f"{where}: LocaleValues can only be used with the Worker_Locale qualification")
         if comp in ("Exists", "DoesNotExist"):
             if ints or locs:
-                raise ValueError(f"Comparator {comp} takes no IntegerValues or LocaleValues")
+                raise ValueError(f"{where}: Comparator {comp} takes no IntegerValues or LocaleValues")
         elif comp in ("In", "NotIn"):
             if not (ints or locs):
-                raise ValueError(f"Comparator {comp} needs IntegerValues or LocaleValues")
+                raise ValueError(f"{where}: Comparator {comp} needs IntegerValues or LocaleValues")
+            if len(ints) > MAX_SET_INTEGERS:
+                raise ValueError(f"{where}: Comparator {comp} takes at most {MAX_SET_INTEGERS} IntegerValues, "
+                                 f"got {len(ints)}")
+            if len(locs) > MAX_SET_LOCALES:
+                raise ValueError(f"{where}: Comparator {comp} takes at most {MAX_SET_LOCALES} LocaleValues, "
+                                 f"got {len(locs)}")
         elif len(ints) + len(locs) != 1:
-            raise ValueError(f"Comparator {comp} needs exactly one IntegerValue or LocaleValue")
-        if locs and tid != LOCALE:
-            raise ValueError("LocaleValues can only be used with the Worker_Locale qualification")
+            raise ValueError(f"{where}: Comparator {comp} needs exactly one IntegerValue or LocaleValue")
+        for loc in locs:
+            if not _COUNTRY.fullmatch(loc.get("Country", "")):
+                raise ValueError(f"{where}: Country must be an ISO 3166 two-letter code, got {loc.get('Country')!r}")
+            sub = loc.get("Subdivision")
+            if sub is not None and not _SUBDIVISION.fullmatch(sub):
+                raise ValueError(f"{where}: Subdivision must be an ISO 3166-2 two-character code, got {sub!r}")
 
 
 def worker_values(s: Session, worker: Worker) -> dict[str, object]:

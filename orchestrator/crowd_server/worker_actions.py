@@ -45,21 +45,46 @@ class Group:
         return dict(self.__dict__)
 
 
+SESSION_SECONDS = 14 * 24 * 3600  # a sign-in lasts two weeks; then the worker opens their link again
+
+
 class WorkerActions:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, session_seconds: float = SESSION_SECONDS):
         self.store = store
+        self.session_seconds = session_seconds
 
     # ------------------------------------------------------------ identity
 
-    def authenticate(self, token: str | None) -> Worker:
-        if not token:
+    def authenticate(self, credential: str | None, *, bearer: bool = False) -> Worker:
+        """The worker behind a session id (the cookie); with ``bearer`` (an ``Authorization: Bearer`` header
+        from a programmatic client) also a sign-in token whose link is still valid."""
+        if not credential:
             raise WorkerError(401, "Sign in with the personal link your requester gave you.")
-        w = self.store.worker_by_token(token)
+        w = self.store.worker_by_session(credential) or (self.store.worker_by_token(credential) if bearer else None)
         if w is None:
-            raise WorkerError(401, "This sign-in link is not valid (it may have been replaced by a newer one).")
+            raise WorkerError(401, "You are not signed in, or your sign-in has expired or was revoked. "
+                                   "Open your personal sign-in link again (ask your requester for a new one).")
         if w.blocked_reason is not None:
             raise WorkerError(403, "Your account has been blocked by the requester.")
         return w
+
+    def sign_in(self, token: str) -> tuple[Worker, str, float]:
+        """Open a session with a sign-in link's token; returns (worker, session id, seconds it lasts)."""
+        w = self.store.worker_by_token(token) if token else None
+        if w is None:
+            state = self.store.link_state(token) if token else "unknown"
+            if state == "expired":
+                raise WorkerError(401, "This sign-in link has expired. Ask your requester for a new one.")
+            raise WorkerError(401, "This sign-in link is not valid (it may have been replaced by a newer one, "
+                                   "or revoked). Ask your requester for a new one.")
+        if w.blocked_reason is not None:
+            raise WorkerError(403, "Your account has been blocked by the requester.")
+        sid, _expires = self.store.start_session(w, self.session_seconds)
+        return w, sid, self.session_seconds
+
+    def sign_out(self, session_id: str | None) -> None:
+        if session_id:
+            self.store.end_session(session_id)
 
     # ------------------------------------------------------------ discovery
 

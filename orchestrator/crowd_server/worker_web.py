@@ -40,6 +40,7 @@ from .worker_actions import WorkerActions, WorkerError
 from .xml_formats import ASSIGNMENT_ID_NOT_AVAILABLE, parse_question
 
 COOKIE = "lp_worker"
+SECURE_COOKIE = "__Host-lp_worker"  # under TLS: Secure, host-only, Path=/ (the browser enforces the prefix)
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".png": "image/png", ".svg": "image/svg+xml"}
 REWRITES = [
@@ -50,7 +51,12 @@ REWRITES = [
 ASSET_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif", ".svg": "image/svg+xml", ".json": "application/json", ".css": "text/css"}
 _ASSET_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-SANDBOX = "allow-scripts allow-forms allow-popups allow-modals allow-top-navigation"
+# HIT content runs in an opaque origin (no allow-same-origin), so it never has the worker's authority;
+# it may open popups (sandboxed too) and navigate the top window only on the worker's own click.  The
+# same flags go out as a Content-Security-Policy sandbox header with every HIT-content response, so the
+# content is sandboxed even when it is opened on its own (see http_server).
+SANDBOX = ("allow-scripts allow-forms allow-popups allow-modals "
+           "allow-top-navigation-by-user-activation")
 
 
 @dataclass
@@ -93,8 +99,10 @@ def task_src(question_kind: str, external_url: str, hit_id: str, assignment_id: 
 
 
 class WorkerWeb:
-    def __init__(self, actions: WorkerActions, assets_dir: "str | os.PathLike | None" = None):
+    def __init__(self, actions: WorkerActions, assets_dir: "str | os.PathLike | None" = None,
+                 scheme: str = "http"):
         self.actions = actions
+        self.scheme = scheme  # "https" under TLS: Secure cookies, https origins in task URLs
         self.assets_dir = Path(assets_dir).resolve() if assets_dir is not None else None
         self.env = Environment(loader=PackageLoader("orchestrator.crowd_server", "templates"),
                                autoescape=select_autoescape(["html"]))
@@ -109,7 +117,7 @@ class WorkerWeb:
         split = urlsplit(raw_path)
         path, query = split.path, dict(parse_qsl(split.query))
         wants_json = "application/json" in (headers.get("Accept") or "") or query.get("format") == "json"
-        origin = f"http://{headers.get('Host') or 'localhost'}"
+        origin = f"{self.scheme}://{headers.get('Host') or 'localhost'}"
         try:
             if path.startswith("/static/"):
                 return self.static(path[len("/static/"):])
@@ -120,13 +128,15 @@ class WorkerWeb:
             if path.startswith("/signin/"):
                 return self.signin(path[len("/signin/"):], wants_json)
             if path == "/signout":
-                return _redirect("/", [("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")])
+                self.actions.sign_out(self._token(headers))
+                return _redirect("/", [("Set-Cookie", self._cookie("", 0))])
             if path == "/favicon.ico":
                 return Response(204, [], b"")
             fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if method == "POST" else []
             if method == "POST" and path == "/mturk/externalSubmit":
                 return self.external_submit(fields, query, headers, wants_json, log)
-            worker = self.actions.authenticate(self._token(headers))
+            credential, bearer = self._credential(headers)
+            worker = self.actions.authenticate(credential, bearer=bearer)
             log["worker"] = worker.worker_id
             return self.route(method, path, query, fields, worker, wants_json, origin)
         except WorkerError as exc:
@@ -138,8 +148,9 @@ class WorkerWeb:
         """An error as a page with the navigation bar (when the worker is signed in)."""
         w = None
         if exc.status != 401:
+            credential, bearer = self._credential(headers)
             try:
-                w = self.actions.authenticate(self._token(headers))
+                w = self.actions.authenticate(credential, bearer=bearer)
             except WorkerError:
                 w = None
         titles = {403: "Not available to you yet", 404: "Not found", 409: "Not possible now", 400: "Not possible"}
@@ -147,20 +158,31 @@ class WorkerWeb:
         return _html(exc.status, self.render("message.html", title=titles.get(exc.status, "Not possible"),
                                              message=exc.message, signed_in=w is not None, **ctx))
 
-    @staticmethod
-    def _token(headers) -> str | None:
+    @property
+    def cookie_name(self) -> str:
+        return SECURE_COOKIE if self.scheme == "https" else COOKIE
+
+    def _cookie(self, value: str, max_age: int) -> str:
+        secure = "; Secure" if self.scheme == "https" else ""
+        return f"{self.cookie_name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+
+    def _credential(self, headers) -> tuple[str | None, bool]:
+        """(credential, is_bearer): a bearer credential (programmatic clients), else the cookie's session id."""
         auth = headers.get("Authorization") or ""
         if auth.startswith("Bearer "):
-            return auth[7:].strip()
+            return auth[7:].strip(), True
         raw = headers.get("Cookie")
         if not raw:
-            return None
+            return None, False
         c = SimpleCookie()
         try:
             c.load(raw)
         except Exception:
-            return None
-        return c[COOKIE].value if COOKIE in c else None
+            return None, False
+        return (c[self.cookie_name].value if self.cookie_name in c else None), False
+
+    def _token(self, headers) -> str | None:
+        return self._credential(headers)[0]
 
     def static(self, name: str) -> Response:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
@@ -244,8 +266,8 @@ class WorkerWeb:
         return answer(201, "stored")
 
     def signin(self, token: str, wants_json: bool) -> Response:
-        w = self.actions.authenticate(token)
-        cookie = f"{COOKIE}={token}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+        w, session_id, seconds = self.actions.sign_in(token)
+        cookie = self._cookie(session_id, int(seconds))
         if wants_json:
             r = _json(200, {"workerId": w.worker_id, "name": w.name})
             r.headers.append(("Set-Cookie", cookie))
@@ -364,8 +386,8 @@ class WorkerWeb:
         assignment_id = dict(fields).get("assignmentId") or query.get("assignmentId") or ""
         if not assignment_id or assignment_id == ASSIGNMENT_ID_NOT_AVAILABLE:
             raise WorkerError(400, "You must ACCEPT the HIT before you can submit the results.")
-        token = self._token(headers)
-        w = self.actions.authenticate(token) if token else None
+        credential, bearer = self._credential(headers)
+        w = self.actions.authenticate(credential, bearer=bearer) if credential else None
         a = self.actions.submit(assignment_id, fields, w)
         log["worker"] = a.worker_id
         if wants_json:
