@@ -517,23 +517,11 @@ def ingest_cmd(
 
 CLUSTER_HELP = """Cluster each class's masks into a binary tree; saves forest.npz.
 
-A class of at most --exact-limit masks gets exact complete linkage (one
-condensed distance matrix of 8 n(n-1)/2 bytes; the default limit comes
-from the machine's memory: about 70,000 masks on 24 GiB). A larger class
-is clustered in two levels: k-means parts of at most --part-size masks,
-exact trees inside, cut into small clusters (atoms), complete linkage
-over the atoms (largest distance between their --reps farthest-first
-representatives, never centroids), stitched into one tree.
+A class of at most --exact-limit masks gets exact complete linkage (one condensed distance matrix of 8 n(n-1)/2 bytes; the default limit comes from the machine's memory: about 70,000 masks on 24 GiB). A larger class is clustered in two levels: k-means parts of at most --part-size masks, exact trees inside, cut into small clusters (atoms), complete linkage over the atoms (largest distance between their --reps farthest-first representatives, never centroids), stitched into one tree.
 
-Peak memory is predicted and checked before anything starts (against
-what is available, or --max-memory). Each class's tree is saved as it
-finishes: a killed run resumes with the classes not yet done. --jobs
-runs classes and parts in worker processes, --ray as Ray tasks.
+Peak memory is predicted and checked before anything starts (against what is available, or --max-memory). Each class's tree is saved as it finishes: a killed run resumes with the classes not yet done. --jobs runs classes and parts in worker processes, --ray as Ray tasks.
 
---check compares the two-level tree with the exact one on a class (a
-random sample of --check-masks masks of the largest class by default)
-and writes nothing: cophenetic correlation, adjusted Rand index of flat
-cuts and, when the masks have IoUs, the search simulated on both trees.
+--check compares the two-level tree with the exact one on a class (a random sample of --check-masks masks of the largest class by default) and writes nothing: cophenetic correlation, adjusted Rand index of flat cuts and, when the masks have IoUs, the search simulated on both trees.
 
 Example: labelprop cluster runs/c1 --jobs 2
 
@@ -728,8 +716,9 @@ def status_cmd(
     t.add_column("what", style="bold")
     t.add_column("value", justify="right")
     cr = st.get("crowd")
-    work = "" if not cr else (f"{cr['work_hours']:.1f} h" if cr["work_hours"] >= 1 else
-                              f"{cr['work_hours'] * 60:.0f} min")
+    from orchestrator.crowd.estimate import work_text
+
+    work = "" if not cr else work_text(cr["work_hours"])
     t.add_row("state", st["state"] + (f": ${cr['spent_usd']:.2f} spent, {work} of work"
                                       if cr and st["state"] == "finished" else ""))
     t.add_row("kind", str(st["kind"] or "-"))

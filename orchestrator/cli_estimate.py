@@ -80,7 +80,9 @@ def estimate_cmd(
 
 
 def _hours(h: float) -> str:
-    return f"{h:.1f} h" if h >= 1 else f"{h * 60:.0f} min"
+    from orchestrator.crowd.estimate import work_text
+
+    return work_text(h)
 
 
 def register(app: typer.Typer) -> None:

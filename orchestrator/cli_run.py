@@ -271,7 +271,9 @@ def run(
     state = ("finished" if out["finished"] else f"stopped: {out['stalled']}" if out.get("stalled")
              else "budget spent" if out["stopped"] else "paused (rerun to continue)")
     h = out.get("work_hours") or 0
-    hours = (f", {h:.1f} h of work" if h >= 1 else f", {h * 60:.0f} min of work") if h else ""
+    from orchestrator.crowd.estimate import work_text
+
+    hours = f", {work_text(h)} of work" if h else ""
     typer.echo(f"{campaign}: {state}: {out['accepted_masks']:,} of {out['masks']:,} masks accepted with "
                f"{out['questions']:,} questions in {out['hits_posted']} HITs ({out['clusters_annotated']:,} "
                f"clusters annotated); ${out['spent_usd']:.2f} spent{hours}")

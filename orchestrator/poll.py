@@ -767,7 +767,7 @@ def crowd_summary(engine, cfg, cs=None, backend=None) -> dict:
             "assignments_rejected": int(decided.get("Rejected", 0)),
             "crowd_answers": {k: int(v) for k, v in sorted(ans.items())},
             "answers_held": int(ans.get("held", 0)), "workers_on_probation_with_held_answers": held_workers,
-            **led.as_dict(), "work_hours": round(float(answered_seconds or 0.0) / 3600, 3),
+            **led.as_dict(), "work_hours": round(float(answered_seconds or 0.0) / 3600, 4),
             "gold_questions": gold, "foreign_hits": foreign, "workers": wl}
 
 

@@ -190,6 +190,7 @@ def write_report(campaign_dir, out, db: str | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     from orchestrator.atomic import atomic_write_text
+    from orchestrator.crowd.estimate import work_text
 
     data = report_data(campaign_dir, db)
     st = data["status"]
@@ -247,8 +248,7 @@ def write_report(campaign_dir, out, db: str | None = None) -> Path:
              ("assignments approved / rejected",
               f"{cr.get('assignments_approved', 0)} / {cr.get('assignments_rejected', 0)}"),
              ("spent", f"${cr.get('spent_usd', 0):.2f} (budget {budget})"),
-             ("work", f"{cr.get('work_hours', 0):.1f} h" if cr.get("work_hours", 0) >= 1
-              else f"{cr.get('work_hours', 0) * 60:.0f} min"),
+             ("work", work_text(cr.get("work_hours", 0))),
              ("gold questions", cr.get("gold_questions", 0))]
     # thumbnails: a grid per class, and the doubtful masks
     accepted = data["accepted"]

@@ -157,6 +157,15 @@ def test_agreement_ranking_and_doubtful_masks():
                         (5, 0, "good", 1.5)], accepted={1, 2, 3, 4}, scores={"good": 0.9, "bad": 0.3},
                        min_seconds=0.3, low_score=0.6)
     assert [(x.mask_id, x.reason.split()[0]) for x in d] == [(1, "answered"), (2, "yes"), (3, "yes")]
+    assert "scoring 0.30 (best 0.90)" in d[1].reason
+    # one careful worker whose clusters are impure scores low in absolute terms (agreement is also
+    # cluster purity): their "yes" answers are not all doubtful; a worker far below the best is
+    alone = doubtful_masks([(2, 1, "only", 1.5), (4, 1, "only", 1.5)], accepted={2, 4}, scores={"only": 0.58},
+                           min_seconds=0.3, low_score=0.6)
+    assert alone == []
+    pair = doubtful_masks([(2, 1, "a", 1.5), (4, 1, "b", 1.5)], accepted={2, 4}, scores={"a": 0.9, "b": 0.58},
+                          min_seconds=0.3, low_score=0.6)
+    assert [x.mask_id for x in pair] == [4]
 
 
 # ------------------------------------------------------------------------------- registry

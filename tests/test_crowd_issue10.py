@@ -238,7 +238,8 @@ def test_ctrl_c_on_run_says_how_to_resume(server):
 
 def test_add_worker_on_a_missing_data_directory_is_an_error(tmp_path):
     missing = tmp_path / "nope"
-    r = subprocess.run([sys.executable, "-m", "orchestrator.crowd_server", "add-worker", "ann", "--data-dir",
-                        str(missing)], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 2 and "no crowd server data directory here" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not missing.exists()
+    for args in (["add-worker", "ann"], ["list-workers"], ["revoke-worker", "ann"]):
+        r = subprocess.run([sys.executable, "-m", "orchestrator.crowd_server", *args, "--data-dir", str(missing)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 2 and "no crowd server data directory here" in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and not missing.exists()

@@ -115,7 +115,7 @@ def test_status_sums_masks_and_says_it_finished_and_what_it_cost(sim):
     assert st["state"] == "finished"
     assert st["accepted_masks"] + st["rejected_masks"] + st["undecided_masks"] == st["masks"]
     assert st["crowd"]["spent_usd"] == pytest.approx(sim["out"]["spent_usd"]) and st["crowd"]["work_hours"] > 0
-    assert re.search(r"finished: \$\d+\.\d\d spent, \d+(\.\d h| min) of work", text), text
+    assert re.search(r"finished: \$\d+\.\d\d spent, \d+(\.\d h| min| s) of work", text), text
     assert "undecided masks" in text and "workers, best first" in text
 
 

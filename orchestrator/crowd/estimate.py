@@ -21,9 +21,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "estimate_search", "estimate_campaign", "calibrated_p_yes"]
+__all__ = ["Estimate", "estimate_search", "estimate_campaign", "calibrated_p_yes", "work_text"]
 
 PAPER_SECONDS_PER_QUESTION = 1.5
+
+
+def work_text(hours: float) -> str:
+    """Hours of work for people: '1.6 h', '12 min', '40 s'."""
+    hours = max(0.0, float(hours or 0.0))
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.0f} min"
+    return f"{hours * 3600:.0f} s"
 
 
 @dataclass(frozen=True)

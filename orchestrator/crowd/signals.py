@@ -17,14 +17,19 @@ accuracy (``(correct + 1) / (total + 2)``) and their mean agreement, scaled down
 share of their assignments flagged as implausibly fast.  :func:`doubtful_masks` names the
 accepted masks that deserve a second look: the crowd's own answer about the mask was
 "no" (the cluster was accepted anyway), or the "yes" came from a worker with a low score,
-or it was given faster than a person can look at a picture.
+or it was given faster than a person can look at a picture.  A score is *low* when it is
+below ``low_score`` and well below the best worker's (``RELATIVE_LOW`` of it): agreement
+with a cluster also measures how pure the clusters are, which is the same for every
+worker, so a campaign answered by one careful worker does not flag all of its masks.
 """
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
 
-__all__ = ["agreement_with_cluster", "worker_scores", "WorkerScore", "doubtful_masks", "Doubt"]
+__all__ = ["agreement_with_cluster", "worker_scores", "WorkerScore", "doubtful_masks", "Doubt", "RELATIVE_LOW"]
+
+RELATIVE_LOW = 0.75      # a worker scoring under this share of the best worker's score is low
 
 
 def agreement_with_cluster(counts: tuple[int, int], own_recorded: int, label: int) -> float | None:
@@ -81,8 +86,11 @@ class Doubt:
 def doubtful_masks(answers: list[tuple[int, int, str | None, float | None]], accepted: set[int],
                    scores: dict[str, float], *, min_seconds: float, low_score: float) -> list[Doubt]:
     """Accepted masks that look doubtful, most doubtful first.  ``answers``: (mask id, label 0/1,
-    worker id, seconds) of the recorded answers; ``scores``: worker id -> ranking score."""
+    worker id, seconds) of the recorded answers; ``scores``: worker id -> ranking score (a score is
+    low below ``low_score`` and below :data:`RELATIVE_LOW` of the best score)."""
     out: dict[int, Doubt] = {}
+    best = max(scores.values(), default=0.0)
+    low = min(float(low_score), RELATIVE_LOW * best)
 
     def add(m: int, reason: str, weight: float) -> None:
         if m not in out or out[m].weight < weight:
@@ -95,8 +103,8 @@ def doubtful_masks(answers: list[tuple[int, int, str | None, float | None]], acc
             add(m, "answered no, accepted with its cluster", 3.0)
             continue
         sc = scores.get(wid or "")
-        if sc is not None and sc < low_score:
-            add(m, f"yes from a worker scoring {sc:.2f}", 2.0 + (low_score - sc))
+        if sc is not None and sc < low:
+            add(m, f"yes from a worker scoring {sc:.2f} (best {best:.2f})", 2.0 + (low - sc))
         if secs is not None and secs < min_seconds:
             add(m, f"yes after {secs:.2f} s", 1.0 + (min_seconds - secs))
     return sorted(out.values(), key=lambda d: (-d.weight, d.mask_id))

@@ -29,7 +29,7 @@ It speaks the MTurk Requester API (2017-01-17, SigV4-signed JSON) so boto3's `mt
 
   labelprop crowd-server --port 8765 --data-dir crowd
 
-  labelprop crowd-server --host 0.0.0.0 --tls self-signed --data-dir crowd   # HTTPS on a LAN
+  labelprop crowd-server --host 0.0.0.0 --tls self-signed --data-dir crowd
 
   labelprop crowd-server add-worker alice --data-dir crowd   # a sign-in link
 
@@ -230,7 +230,9 @@ def list_workers_command(
       labelprop crowd-server list-workers --data-dir crowd
     """
     from .store import LINK_REVOKED, Store
-    store = Store(_data_dir(data_dir))
+    dd = _data_dir(data_dir)
+    _existing_data_dir(dd)
+    store = Store(dd)
     try:
         sessions = store.session_counts()
         for w in store.list_workers():
@@ -254,15 +256,16 @@ def revoke_worker_command(
 ) -> None:
     """End a worker's sign-in link and sign them out everywhere, at once (also on a running server).
 
-    Their work stays; `add-worker NAME --new-link` lets them in again.  To also keep them from
-    working for you, block them (CreateWorkerBlock).
+    Their work stays; `add-worker NAME --new-link` lets them in again.  To also keep them from working for you, block them (CreateWorkerBlock).
 
     [bold]Example[/bold]
 
       labelprop crowd-server revoke-worker alice --data-dir crowd
     """
     from .store import Store
-    store = Store(_data_dir(data_dir))
+    dd = _data_dir(data_dir)
+    _existing_data_dir(dd)
+    store = Store(dd)
     try:
         try:
             w, ended = store.revoke_worker(worker)
@@ -279,8 +282,7 @@ def rotate_credentials_command(
 ) -> None:
     """Replace the requester key pair; the old key stops working at once (also on a running server).
 
-    Clients that read DATA_DIR/credentials (the AWS profile) pick up the new key when they next
-    create a client; give the new key to anyone else.
+    Clients that read DATA_DIR/credentials (the AWS profile) pick up the new key when they next create a client; give the new key to anyone else.
 
     [bold]Example[/bold]
 
