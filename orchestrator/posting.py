@@ -37,7 +37,9 @@ questions shown again.  Packing order, gold choice, shuffling and identifiers ar
 from the campaign seed, its uid and the intent id, and :func:`fill` is idempotent (a
 second call right after the first does nothing), so where a pass starts or stops never
 changes what is posted.  The cost of a HIT is booked from the HIT as posted (its
-reservation), never from the current configuration.
+reservation), never from the current configuration; a HIT moved or re-posted under a new
+HIT type is booked again at that type's reward, and intents whose reservations no longer
+fit the budget (a raised reward) are given up before anything is posted.
 
 **Creation** (:func:`create_hits`): intents are rendered (overlays published through the
 asset store, cached by content hash, so the same content comes out after a crash), the
@@ -306,13 +308,21 @@ def check_workers(ctx) -> None:
 
 
 def _retire_old_types(ctx, tid: str, old: str | None) -> None:
-    """A new HIT type replaces the current one: intents not created yet move to it, open HITs of
-    other types are marked to be expired (re-posted under the new type once reviewable)."""
+    """A new HIT type replaces the current one: intents not created yet move to it (their cost booked
+    again at the new type's reward, since that is how they will be posted), open HITs of other types
+    are marked to be expired (re-posted under the new type once reviewable)."""
+    cc = ctx.cfg.crowd
     with transaction(ctx.engine) as s:
         s.merge(CrowdSetup(key="current_hit_type", remote_id=tid))
-        moved = s.execute(bulk_update(HitIntent).where(HitIntent.status == "intent", HitIntent.hit_type_id != tid,
-                                                       HitIntent.first_try_at.is_(None))
-                          .values(hit_type_id=tid)).rowcount or 0
+        todo = s.execute(select(HitIntent.id, HitIntent.max_assignments).where(
+            HitIntent.status == "intent", HitIntent.hit_type_id != tid, HitIntent.first_try_at.is_(None))).all()
+        by_n: dict[int, list[int]] = {}
+        for iid, n in todo:
+            by_n.setdefault(int(n), []).append(iid)
+        for n, ids in by_n.items():
+            s.execute(bulk_update(HitIntent).where(HitIntent.id.in_(ids)).values(
+                hit_type_id=tid, reserve_cents=ctx.backend.fees.hit_cost_cents(cents(cc.reward_usd), n, cc.masters)))
+        moved = len(todo)
         retired = s.execute(bulk_update(HitIntent).where(HitIntent.status == "created", HitIntent.reviewable == False,  # noqa: E712
                                                          HitIntent.hit_type_id != tid, HitIntent.retired == 0)
                             .values(retired=1)).rowcount or 0
@@ -533,8 +543,46 @@ def task_items(ctx, intent_ids: list[int]) -> dict[int, list[TaskItem]]:
 
 
 # ------------------------------------------------------------------------------- remote
+def _within_budget(ctx) -> int:
+    """Give up intents never tried whose reservations no longer fit the budget (newest first), and
+    give their questions back; returns how many.  Reservations fit when they are made, but a HIT
+    re-posted or moved under a new HIT type is booked again at the new type's reward, which may be
+    higher: without this a raised reward could spend past the budget."""
+    cc = ctx.cfg.crowd
+    if cc.budget_usd <= 0:
+        return 0
+    try:
+        with transaction(ctx.engine) as s:
+            over = -(ledger(s, cc.budget_usd).left_cents or 0)
+            if over <= 0:
+                return 0
+            drop = []
+            for it in s.execute(select(HitIntent).where(HitIntent.status == "intent", HitIntent.first_try_at.is_(None))
+                                .order_by(HitIntent.id.desc())).scalars():
+                if over <= 0:
+                    break
+                drop.append(it)
+                over -= it.reserve_cents
+            for it in drop:
+                it.status, it.reviewed_at = "abandoned", utcnow()
+            qids = list(s.execute(select(HitItem.question_id).where(
+                HitItem.intent_id.in_([it.id for it in drop]), HitItem.question_id.is_not(None))).scalars())
+            ctx.cs.release_in(s, qids, reason="over_budget")
+            if drop:
+                log_event(s, "hits_over_budget", intents=[it.id for it in drop], questions=len(qids))
+    except BaseException:
+        ctx.reload_search()
+        raise
+    if drop:
+        ctx.budget_exhausted = True
+        ctx.note(f"{len(drop)} HITs not posted: at the current reward they no longer fit in the budget "
+                 f"(crowd.budget_usd = {cc.budget_usd})")
+    return len(drop)
+
+
 def create_hits(ctx, batch: int = 64) -> int:
-    """Publish the HIT of every intent not created yet; returns how many were created."""
+    """Publish the HIT of every intent not created yet (within the budget); returns how many were created."""
+    _within_budget(ctx)
     with read_session(ctx.engine) as s:
         todo = s.execute(select(HitIntent.id, HitIntent.attempt, HitIntent.hit_type_id, HitIntent.max_assignments,
                                 HitIntent.first_try_at).where(HitIntent.status == "intent")

@@ -225,6 +225,81 @@ def test_cost_is_booked_from_the_hit_as_posted_not_from_the_current_config(tmp_p
     assert sum(c for c, _ in rows) == charged and out["spent_usd"] == pytest.approx(charged / 100)
 
 
+def test_hits_recorded_but_not_posted_when_the_reward_changes_are_booked_at_the_new_reward(tmp_path):
+    """A pass recorded its HIT intents and stopped before publishing them (killed, or the platform was
+    away); meanwhile the reward is raised: they are posted under the new HIT type and booked at what
+    they are posted for, so the ledger matches what the platform charges."""
+    from orchestrator.config import load_config, save_config
+    from orchestrator.crowd.ledger import MTURK_FEES
+    from orchestrator.poll import CrowdContext, poll_once
+    from orchestrator.posting import ensure_setup, fill
+    from orchestrator.store import transaction
+
+    camp = make_crowd_campaign(tmp_path, "moved", backend="simulated", seed=5, n_images=12, gold_images=8,
+                               simulated_workers="a:accuracy=1",
+                               crowd={"questions_per_hit": 4, "gold_per_hit": 2, "max_hits_in_flight": 2},
+                               qualification={"enabled": False, "min_gold_answers": 2}, search={"kpa": 0.3, "ns": 6})
+    ctx = CrowdContext(camp)
+    try:
+        ctx.hit_type_id = ensure_setup(ctx)
+        with transaction(ctx.engine) as s:
+            assert fill(ctx, s) == 2
+    finally:
+        ctx.close()
+    cfg = load_config(camp)
+    cfg.crowd.reward_usd = 0.10
+    save_config(camp, cfg)
+    for _ in range(100):
+        out = poll_once(camp)
+        if out["finished"]:
+            break
+    assert out["finished"]
+    con = _db(camp)
+    rows = con.execute("select a.intent_id, a.cost_cents, s.charged_cents from crowd_assignment a "
+                       "join sim_assignment s on s.assignment_id = a.assignment_id "
+                       "where a.final_status = 'Approved' order by a.intent_id").fetchall()
+    con.close()
+    assert [r[0] for r in rows[:2]] == [1, 2]
+    assert all(c == ch == MTURK_FEES.assignment_cost_cents(10) for _, c, ch in rows)
+    assert out["spent_usd"] == pytest.approx(sum(ch for _, _, ch in rows) / 100)
+
+
+def test_a_raised_reward_never_spends_past_the_budget(tmp_path):
+    """Two HITs recorded at $0.05 (+ fee) fit a $0.15 budget; the reward is raised to $0.10 before they are
+    posted: only what fits at the new price is posted, the rest of the questions go back to the search."""
+    from orchestrator.config import load_config, save_config
+    from orchestrator.poll import CrowdContext, poll_once
+    from orchestrator.posting import ensure_setup, fill
+    from orchestrator.store import transaction
+
+    camp = make_crowd_campaign(tmp_path, "raise", backend="simulated", seed=5, n_images=12, gold_images=8,
+                               simulated_workers="a:accuracy=1",
+                               crowd={"questions_per_hit": 4, "gold_per_hit": 2, "max_hits_in_flight": 2,
+                                      "budget_usd": 0.15},
+                               qualification={"enabled": False, "min_gold_answers": 2}, search={"kpa": 0.3, "ns": 6})
+    ctx = CrowdContext(camp)
+    try:
+        ctx.hit_type_id = ensure_setup(ctx)
+        with transaction(ctx.engine) as s:
+            assert fill(ctx, s) == 2
+    finally:
+        ctx.close()
+    cfg = load_config(camp)
+    cfg.crowd.reward_usd = 0.10
+    save_config(camp, cfg)
+    for _ in range(20):
+        out = poll_once(camp)
+        if out["stopped"]:
+            break
+    assert out["stopped"] and out["budget_exhausted"]
+    con = _db(camp)
+    charged = con.execute("select coalesce(sum(charged_cents), 0) from sim_assignment").fetchone()[0]
+    abandoned = con.execute("select count(*) from hit_intent where status = 'abandoned'").fetchone()[0]
+    con.close()
+    assert charged == 12 and abandoned == 1 and out["spent_usd"] == pytest.approx(0.12)
+    assert out["committed_usd"] <= 0.15
+
+
 # ------------------------------------------------------------------------------- the original e2e checks
 def test_campaign_finishes_with_the_predicted_precision(sim):
     from orchestrator.annotators import SimulatedAnnotators

@@ -38,7 +38,7 @@ def list_hits(campaign_dir, *, db=None, options=None) -> list[dict]:
                  "platform_status": remote[it.hit_id].status if it.hit_id in remote else
                  ("Disposed" if it.status == "disposed" else None),
                  "questions": it.n_questions, "gold": it.n_gold, "submitted": int(subs.get(it.id, 0)),
-                 "posted_at": it.posted_at, "reward_cents": it.reserve_cents // max(1, it.max_assignments)}
+                 "posted_at": it.posted_at, "assignment_cost_cents": it.reserve_cents // max(1, it.max_assignments)}
                 for it in intents]
     finally:
         ctx.close()
