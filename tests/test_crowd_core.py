@@ -185,3 +185,26 @@ def test_backend_registry_and_protocol():
                                "asset_mirror", "close") if not callable(getattr(cls, m, None))]
         assert missing == [], (cls, missing)
     assert CrowdBackend.__name__ == "CrowdBackend"
+
+
+# ------------------------------------------------------------------------------- older stores
+def test_columns_added_since_a_campaign_was_created_are_added_when_it_is_opened(tmp_path):
+    """A campaign store made by an older labelprop (no reposts/retired, no answer signals, no bonus table)
+    opens with the new columns added and its rows intact."""
+    import sqlalchemy as sa
+
+    from orchestrator.crowd_store import add_missing_columns
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as c:
+        c.execute(sa.text("CREATE TABLE hit_intent (id INTEGER PRIMARY KEY, status VARCHAR NOT NULL, attempt INTEGER "
+                          "NOT NULL, reserve_cents INTEGER NOT NULL)"))
+        c.execute(sa.text("INSERT INTO hit_intent (id, status, attempt, reserve_cents) VALUES (1, 'created', 0, 6)"))
+    added = add_missing_columns(engine)
+    assert {"hit_intent.reposts", "hit_intent.retired", "hit_intent.first_try_at"} <= set(added)
+    assert not any(a.startswith("crowd_answer.") for a in added)          # absent tables are created, not altered
+    with engine.connect() as c:
+        row = c.execute(sa.text("SELECT status, reserve_cents, reposts, retired, first_try_at FROM hit_intent")).one()
+    assert tuple(row) == ("created", 6, 0, 0, None)
+    assert add_missing_columns(engine) == []
+    engine.dispose()
