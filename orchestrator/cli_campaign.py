@@ -30,9 +30,11 @@ def _is_campaign(d: Path) -> bool:
 
 
 def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed: int = 0,
-                  db: str | None = None, backend: str | None = None, force: bool = False) -> dict:
+                  db: str | None = None, backend: str | None = None, force: bool = False,
+                  budget_usd: float | None = None, endpoint_url: str | None = None) -> dict:
     """Create DIR, write every parameter to DIR/campaign.toml and create the store."""
-    from orchestrator.config import config_path, default_config, save_config, validate_config
+    from orchestrator.config import (apply_backend_defaults, config_path, default_config, save_config,
+                                     validate_config)
     from orchestrator.store import log_event, open_store, transaction
 
     d = Path(campaign_dir)
@@ -47,7 +49,11 @@ def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed
     if db:
         cfg.store.url = db
     if backend:
-        cfg.crowd.backend = backend
+        apply_backend_defaults(cfg, backend)
+    if budget_usd is not None:
+        cfg.crowd.budget_usd = budget_usd
+    if endpoint_url:
+        cfg.crowd.endpoint_url = endpoint_url
     try:
         validate_config(cfg, config_path(d))           # a bad option or --db writes nothing
         engine = open_store(d, url=cfg.store.url)
@@ -406,10 +412,20 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
                        undecided_masks=n_masks)
         queued = out["nodes_by_state"]
         out["queue"] = {"queued": int(queued.get("QUEUED", 0)), "asking": int(queued.get("ASKING", 0))}
-    if cfg.crowd.backend != "simulated":      # real crowd campaigns: HITs, money, workers
-        from orchestrator.poll import crowd_summary
+    from orchestrator.poll import crowd_summary       # every backend goes through the poll path
 
-        out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
+    out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
+    q = out["questions"]
+    if not out["trees_built"]:
+        state = "not clustered yet"
+    elif q["pending"] == 0 and q["answered"] + q["discarded"] == 0:
+        state = "not started"
+    elif out["undecided_masks"] == 0 or (out["queue"]["queued"] == 0 and out["queue"]["asking"] == 0
+                                          and q["pending"] == 0):
+        state = "finished" if out["crowd"]["hits_in_flight"] == 0 else "finishing (HITs in flight)"
+    else:
+        state = "running"
+    out["state"] = state
     engine.dispose()
     return out
 
@@ -432,15 +448,26 @@ def init_cmd(
     name: Optional[str] = typer.Option(None, help="Campaign name (default: the directory name)."),
     seed: int = typer.Option(0, help="Seed for every random draw of the campaign."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
-    backend: Optional[str] = typer.Option(None, help="Crowd backend: mturk | server | simulated."),
+    backend: Optional[str] = typer.Option(None, help="Crowd backend: simulated (default), server (the "
+                                          "bundled crowd server) or mturk. Sets defaults that suit it."),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="Spending limit in USD, fees "
+                                               "included (crowd.budget_usd; MTurk production needs one)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="The crowd platform's URL "
+                                               "(crowd.endpoint_url), e.g. the bundled crowd server's."),
     force: bool = typer.Option(False, "--force", help="Rewrite campaign.toml of an existing "
                                "campaign (the store is kept)."),
 ) -> None:
     """Create a campaign: DIR/campaign.toml with every parameter, and the store.
 
     Example: labelprop init runs/coco-person --seed 1
+
+    Example (the bundled crowd server): labelprop init runs/c1 --backend server
+
+    Example: labelprop init runs/c1 --backend mturk --budget-usd 50
     """
-    info = init_campaign(campaign_dir, name, seed, db, backend, force)
+    if budget_usd is not None and budget_usd < 0:
+        raise LabelpropError(f"--budget-usd must be >= 0, got {budget_usd}")
+    info = init_campaign(campaign_dir, name, seed, db, backend, force, budget_usd, endpoint_url)
     typer.echo(f"campaign {info['campaign']}: wrote {info['config']}; store {info['store']}")
 
 
@@ -459,9 +486,10 @@ def ingest_cmd(
 ) -> None:
     """Validate mask predictions and load them into the campaign (all or nothing).
 
-    Example: labelprop ingest runs/c1 --results det.json --features feats.npy --images instances_val.json --image-root images/
+    Example: labelprop ingest runs/c1 --results det.json --features feats.npy \\
+        --images instances_val.json --image-root images/
 
-    Example (simulation triplets): labelprop ingest runs/sim --triplets triplets.npz
+    Example (simulation triplets): labelprop ingest runs/sim --triplets t.npz
     """
     from orchestrator.config import load_config
     from orchestrator.ingest import read_predictions, read_triplet_predictions, write_predictions
@@ -489,23 +517,11 @@ def ingest_cmd(
 
 CLUSTER_HELP = """Cluster each class's masks into a binary tree; saves forest.npz.
 
-A class of at most --exact-limit masks gets exact complete linkage (one
-condensed distance matrix of 8 n(n-1)/2 bytes; the default limit comes
-from the machine's memory: about 70,000 masks on 24 GiB). A larger class
-is clustered in two levels: k-means parts of at most --part-size masks,
-exact trees inside, cut into small clusters (atoms), complete linkage
-over the atoms (largest distance between their --reps farthest-first
-representatives, never centroids), stitched into one tree.
+A class of at most --exact-limit masks gets exact complete linkage (one condensed distance matrix of 8 n(n-1)/2 bytes; the default limit comes from the machine's memory: about 70,000 masks on 24 GiB). A larger class is clustered in two levels: k-means parts of at most --part-size masks, exact trees inside, cut into small clusters (atoms), complete linkage over the atoms (largest distance between their --reps farthest-first representatives, never centroids), stitched into one tree.
 
-Peak memory is predicted and checked before anything starts (against
-what is available, or --max-memory). Each class's tree is saved as it
-finishes: a killed run resumes with the classes not yet done. --jobs
-runs classes and parts in worker processes, --ray as Ray tasks.
+Peak memory is predicted and checked before anything starts (against what is available, or --max-memory). Each class's tree is saved as it finishes: a killed run resumes with the classes not yet done. --jobs runs classes and parts in worker processes, --ray as Ray tasks.
 
---check compares the two-level tree with the exact one on a class (a
-random sample of --check-masks masks of the largest class by default)
-and writes nothing: cophenetic correlation, adjusted Rand index of flat
-cuts and, when the masks have IoUs, the search simulated on both trees.
+--check compares the two-level tree with the exact one on a class (a random sample of --check-masks masks of the largest class by default) and writes nothing: cophenetic correlation, adjusted Rand index of flat cuts and, when the masks have IoUs, the search simulated on both trees.
 
 Example: labelprop cluster runs/c1 --jobs 2
 
@@ -699,8 +715,17 @@ def status_cmd(
     t = Table(title=f"campaign {st['name']} ({st['campaign']})", show_header=False)
     t.add_column("what", style="bold")
     t.add_column("value", justify="right")
+    cr = st.get("crowd")
+    from orchestrator.crowd.estimate import work_text
+
+    work = "" if not cr else work_text(cr["work_hours"])
+    t.add_row("state", st["state"] + (f": ${cr['spent_usd']:.2f} spent, {work} of work"
+                                      if cr and st["state"] == "finished" else ""))
     t.add_row("kind", str(st["kind"] or "-"))
-    t.add_row("masks", str(st["masks"]))
+    t.add_row("masks (accepted + rejected + undecided)", f"{st['masks']:,}")
+    t.add_row("  accepted masks", f"{st['accepted_masks']:,}")
+    t.add_row("  rejected masks", f"{st['rejected_masks']:,}")
+    t.add_row("  undecided masks", f"{st['undecided_masks']:,}")
     if st["masks_held_out_as_gold"]:
         t.add_row("  held out as gold", str(st["masks_held_out_as_gold"]))
     t.add_row("classes", str(st["classes"]))
@@ -710,31 +735,33 @@ def status_cmd(
     for k, v in st["nodes_by_state"].items():
         t.add_row(f"nodes {k.lower()}", str(v))
     q = st["questions"]
-    t.add_row("questions pending / answered", f"{q['pending']} / {q['answered']}")
+    t.add_row("questions pending / answered / re-asked", f"{q['pending']} / {q['answered']} / {q['discarded']}")
     t.add_row("answers (yes)", f"{st['answers']} ({st['answers_yes']})")
-    t.add_row("accepted masks", str(st["accepted_masks"]))
-    t.add_row("rejected masks", str(st["rejected_masks"]))
     t.add_row("queue (queued / asking nodes)", f"{st['queue']['queued']} / {st['queue']['asking']}")
     console = Console()
-    cr = st.get("crowd")
     if cr is not None:
         t.add_row("crowd backend", cr["backend"])
         t.add_row("HITs in flight / posted", f"{cr['hits_in_flight']} / {cr['hits_posted']}")
         t.add_row("assignments approved / rejected",
                   f"{cr['assignments_approved']} / {cr['assignments_rejected']}")
+        if cr["answers_held"]:
+            t.add_row("answers held (workers on probation)",
+                      f"{cr['answers_held']} ({cr['workers_on_probation_with_held_answers']} workers)")
         b = f" of ${cr['budget_usd']:.2f}" if cr["budget_usd"] else " (no budget)"
         t.add_row("spent", f"${cr['spent_usd']:.2f}{b} (${cr['committed_usd']:.2f} committed)")
+        t.add_row("work", work)
         t.add_row("gold questions", str(cr["gold_questions"]))
     console.print(t)
     if cr is not None and cr["workers"]:
-        w = Table(title="workers")
-        for col in ("worker", "assignments", "approved", "rejected", "gold accuracy", "median s/question",
-                    "flagged", "state"):
-            w.add_column(col, justify="left" if col in ("worker", "state") else "right")
+        w = Table(title="workers, best first", caption="score: gold accuracy and agreement with the other "
+                  "answers of their clusters; s/q: median seconds per question; fast: HITs flagged too fast")
+        for col in ("#", "worker", "score", "HITs", "ok/rej", "gold", "agree", "s/q", "fast", "state"):
+            w.add_column(col, justify="left" if col in ("worker", "state") else "right",
+                         no_wrap=col in ("worker", "gold", "state"))
         for r in cr["workers"]:
-            acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.2f} ({r['gold_correct']}/{r['gold_total']})"
-            sec = "-" if r["median_seconds_per_question"] is None else f"{r['median_seconds_per_question']:.2f}"
-            state = "blocked" if r["blocked"] else "trusted" if r["trusted"] else "probation"
-            w.add_row(r["worker_id"], str(r["assignments"]), str(r["approved"]), str(r["rejected"]), acc, sec,
-                      str(r["flagged"]), state)
+            acc = "-" if r["gold_accuracy"] is None else f"{r['gold_accuracy']:.2f}"
+            ag = "-" if r["mean_agreement"] is None else f"{r['mean_agreement']:.2f}"
+            sec = "-" if r["median_seconds_per_question"] is None else f"{r['median_seconds_per_question']:.1f}"
+            w.add_row(str(r["rank"]), r["worker_id"], f"{r['score']:.2f}", str(r["assignments"]),
+                      f"{r['approved']}/{r['rejected']}", acc, ag, sec, str(r["flagged"]), r["state"])
         console.print(w)

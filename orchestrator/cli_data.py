@@ -36,8 +36,7 @@ Examples:
 
   labelprop calibrate heldout.npz --eps 0.02 --plot fig4.png --csv curve.csv
 
-  labelprop calibrate heldout.npz --write my-campaign/   (sets kpr and kpa in its campaign.toml
-  and stores the curve in my-campaign/calibration.json)
+  labelprop calibrate heldout.npz --write camp/   # kpr, kpa + calibration.json
 
   labelprop calibrate heldout.npz --json > cal.json      (for `labelprop simulate --calibration`)
 """

@@ -16,17 +16,14 @@ from orchestrator.search import SearchParams as _SP
 
 SIMULATE_HELP = """Run the label-propagation search (and baselines) against simulated annotators.
 
-Annotators answer yes iff a mask's IoU >= K_iou, wrong with probability --error-rate, taking
---seconds-per-question each. Prints one JSON object (the first strategy's summary, plus
-"runs" with every strategy and "compare" with each strategy at --report-at questions) and
-writes the paper's Fig. 6 and Fig. 8 curves as PNG and CSV into --out.
+Annotators answer yes iff a mask's IoU >= K_iou, wrong with probability --error-rate, taking --seconds-per-question each. Prints one JSON object (the first strategy's summary, plus "runs" with every strategy and "compare" with each strategy at --report-at questions) and writes the paper's Fig. 6 and Fig. 8 curves as PNG and CSV into --out.
 
 Examples:
 
   labelprop synth data.npz --n 20000
   labelprop simulate data.npz
   labelprop simulate data.npz -s all --report-at 2000 --out curves/
-  labelprop simulate data.npz -s heuristic -s dfs --chunk 5 --error-rate 0.05 --json run.json
+  labelprop simulate data.npz -s heuristic -s dfs --chunk 5 --error-rate 0.05
   labelprop simulate data.npz --oracle -s bfs -s dfs -s heuristic
   labelprop simulate data.npz -s value -s heuristic --acceptance size-aware
   labelprop calibrate heldout.npz --json > cal.json
@@ -205,9 +202,7 @@ def simulate(
 
 DEMO_HELP = """Run a whole simulated campaign on the bundled synthetic data, offline, on CPU.
 
-Creates a campaign in OUT/campaign (init, ingest, cluster, run with simulated annotators,
-export), compares the search strategies of the paper on the same data (OUT/plots), and
-prints a short summary next to the paper's own figures. Takes about a minute.
+Creates a campaign in OUT/campaign (init, ingest, cluster, run with simulated annotators, export), compares the search strategies of the paper on the same data (OUT/plots), and prints a short summary next to the paper's own figures. Takes about a minute.
 
 Example:
 

@@ -25,8 +25,8 @@ from orchestrator.search import SearchParams as _SP
 
 __all__ = [
     "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
-    "QualificationSection", "AssetsSection", "CrowdSection", "CampaignConfig", "default_config", "load_config",
-    "save_config", "config_path", "resolve_store_url",
+    "QualificationSection", "AssetsSection", "SimulatedSection", "CrowdSection", "CampaignConfig",
+    "default_config", "load_config", "save_config", "config_path", "resolve_store_url", "apply_backend_defaults",
 ]
 
 CONFIG_NAME = "campaign.toml"
@@ -81,9 +81,9 @@ class QualificationSection:
     questions: int = 10
     pass_fraction: float = 0.8
     test_duration_seconds: int = 600
-    retry_delay_seconds: int = 86_400
-    min_percent_approved: int = 95     # built-in PercentAssignmentsApproved (0: off)
-    min_hits_approved: int = 100       # built-in NumberHITsApproved (0: off)
+    retry_delay_seconds: int = 600     # a worker who fails the test may retake it after this (mturk: 1 day)
+    min_percent_approved: int = 0      # built-in PercentAssignmentsApproved (0: off; mturk: 95)
+    min_hits_approved: int = 0         # built-in NumberHITsApproved (0: off; mturk: 100)
     locales: list[str] = field(default_factory=list)  # e.g. ["US", "GB"]; empty: any
     gold_min_accuracy: float = 0.8     # soft-block workers below this gold accuracy
     min_seconds_per_question: float = 0.3  # flag HITs answered faster than this
@@ -91,6 +91,7 @@ class QualificationSection:
     reject_below: float = 0.5          # reject an assignment whose gold accuracy on it is below
     reject_fast: bool = False          # reject (not only flag) implausibly fast assignments
     hold_seconds: int = 21_600         # held answers of a worker on probation expire (re-asked)
+    test_counts_as_gold: bool = True   # the test's questions count toward a worker's gold record
 
 
 @dataclass
@@ -106,6 +107,14 @@ class AssetsSection:
     presign_seconds: int = 0    # 0: public URLs (bucket policy); > 0: presigned GET URLs valid this long
     overlay_size: int = 384     # pixels (square JPEG)
     overlay_context: float = 0.6  # context around the mask box, as a fraction of its larger side
+
+
+@dataclass
+class SimulatedSection:
+    """The simulated crowd of ``backend = "simulated"`` (see orchestrator/crowd/backends/simulated.py)."""
+    workers: str = ""                  # e.g. "ann:accuracy=0.95;bob:spammer"; empty: one worker
+    error_rate: float = 0.0            # the one worker's probability of a wrong answer
+    seconds_per_question: float = 1.5
 
 
 @dataclass
@@ -132,8 +141,10 @@ class CrowdSection:
     ordered: bool = True        # process HITs in posting order (reproducible runs)
     max_reposts: int = 2        # re-post a HIT that expired unanswered at most this often
     concurrency: int = 8        # parallel requests to the crowd platform
+    platform_wait_seconds: int = 900   # `run` waits this long for an unreachable platform, then stops
     qualification: QualificationSection = field(default_factory=QualificationSection)
     assets: AssetsSection = field(default_factory=AssetsSection)
+    simulated: SimulatedSection = field(default_factory=SimulatedSection)
 
 
 @dataclass
@@ -178,17 +189,21 @@ _HEADER = """\
 #              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
 #              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
 #              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
-#              (0: no limit; MTurk fees are added to the reward).  title, description,
+#              (0: no limit, refused by paying platforms such as MTurk production;
+#              fees are added to the reward).  title, description,
 #              keywords: what workers see.  lifetime / assignment duration /
 #              auto-approval delay in seconds.  masters: require Masters (+5% fee).
 #              allow_unsure: offer "unsure" (re-asked).  aggregation (replication):
 #              majority | dawid-skene (crowd-kit).  ordered: process HITs in posting
 #              order, so a resumed or repeated run posts the same HITs.  max_reposts:
 #              re-posts of a HIT that expired unanswered.  concurrency: parallel requests.
+#              platform_wait_seconds: how long `run` waits for an unreachable platform.
 # [crowd.qualification]  a test with an answer key before the first HIT (enabled,
 #              questions, pass_fraction, test_duration_seconds, retry_delay_seconds),
 #              built-in requirements (min_percent_approved, min_hits_approved, locales;
-#              0 or empty: off), gold_min_accuracy (soft-block below), and
+#              0 or empty: off; `init --backend mturk` writes MTurk's usual 95 / 100),
+#              test_counts_as_gold (the test's answers start a worker's gold record),
+#              gold_min_accuracy (soft-block below), and
 #              min_seconds_per_question (flag faster HITs), min_gold_answers (a
 #              worker's answers are held until then), reject_below (reject an assignment
 #              with lower gold accuracy), reject_fast, hold_seconds (held answers expire).
@@ -199,11 +214,28 @@ _HEADER = """\
 #              presign_seconds: 0 for public URLs, else presigned GET URLs valid that long
 #              (at most 604800, and longer than lifetime + assignment duration).
 #              overlay_size (pixels), overlay_context (margin around the mask box).
+#              With the bundled crowd server the files are also uploaded to it.
+# [crowd.simulated]  the crowd of backend = "simulated": workers (a spec such as
+#              "ann:accuracy=0.95;bob:spammer"; empty: one worker), error_rate (that
+#              one worker's), seconds_per_question.
 """
 
 
 def config_path(campaign_dir: str | os.PathLike) -> Path:
     return Path(campaign_dir) / CONFIG_NAME
+
+
+def apply_backend_defaults(cfg: CampaignConfig, backend: str) -> CampaignConfig:
+    """Set ``crowd.backend`` and the defaults that suit it: MTurk's population filters (approval
+    rate 95%, 100 approved HITs) and a one-day test retry delay for ``mturk``; none of them for
+    the bundled server (an in-house team's new workers have no MTurk history)."""
+    cfg.crowd.backend = backend
+    q = cfg.crowd.qualification
+    if backend == "mturk":
+        q.min_percent_approved, q.min_hits_approved, q.retry_delay_seconds = 95, 100, 86_400
+    else:
+        q.min_percent_approved, q.min_hits_approved, q.retry_delay_seconds = 0, 0, 600
+    return cfg
 
 
 def default_config(name: str = "campaign", seed: int = 0) -> CampaignConfig:
@@ -319,8 +351,10 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
     if not cfg.store.url.strip():
         bad("store.url", "must not be empty")
     w = cfg.crowd
-    if w.backend not in CROWD_BACKENDS:
-        bad("crowd.backend", f"must be one of {', '.join(CROWD_BACKENDS)}, got {w.backend!r}")
+    from orchestrator.crowd.backends import backend_names
+
+    if w.backend not in backend_names():
+        bad("crowd.backend", f"must be one of {', '.join(backend_names())}, got {w.backend!r}")
     for k in ("reward_usd", "budget_usd"):
         if getattr(w, k) < 0:
             bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
@@ -341,6 +375,20 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
             bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
     if not 1 <= w.concurrency <= 64:
         bad("crowd.concurrency", f"must be in [1, 64], got {w.concurrency}")
+    if w.platform_wait_seconds < 0:
+        bad("crowd.platform_wait_seconds", f"must be >= 0, got {w.platform_wait_seconds}")
+    sim = w.simulated
+    if not 0.0 <= sim.error_rate <= 1.0:
+        bad("crowd.simulated.error_rate", f"must be in [0, 1], got {sim.error_rate!r}")
+    if not sim.seconds_per_question > 0:
+        bad("crowd.simulated.seconds_per_question", f"must be > 0, got {sim.seconds_per_question!r}")
+    if sim.workers.strip():
+        from orchestrator.crowd_server.simulated_workers import parse_workers_spec
+
+        try:
+            parse_workers_spec(sim.workers)
+        except LabelpropError as exc:
+            bad("crowd.simulated.workers", str(exc).split(": ", 1)[-1])
     q = w.qualification
     for k in ("pass_fraction", "gold_min_accuracy", "reject_below"):
         if not 0.0 <= getattr(q, k) <= 1.0:

@@ -593,9 +593,45 @@ def disassociate_qualification(api, s, p, now):
     return {}
 
 
+def _list_system_values(s: Session, tid: str, p: dict) -> dict:
+    """ListWorkersWithQualificationType on a built-in (system) type: every worker of this server with
+    the value the system computes (labelprop uses it to tell a requester, before posting, whether
+    any worker can meet a HIT type's requirements)."""
+    from .qualification_checks import worker_values
+
+    tok = _decode_token(p, "ListWorkersWithQualificationType")
+    size = _page_size(p)
+    if p.get("Status") not in (None, "Granted"):
+        return {"NumResults": 0, "Qualifications": []}
+    q = select(Worker)
+    if tok:
+        q = q.where(Worker.worker_id > tok["w"])
+    rows = s.exec(q.order_by(Worker.worker_id).limit(size + 1)).all()
+    more, rows = len(rows) > size, rows[:size]
+    quals = []
+    for w in rows:
+        if tid in BUILTIN_NAMES and BUILTIN_NAMES[tid][0] == "Masters":
+            continue
+        v = worker_values(s, w).get(tid)
+        item: dict[str, Any] = {"QualificationTypeId": tid, "WorkerId": w.worker_id, "GrantTime": w.created,
+                                "Status": "Granted"}
+        if tid == LOCALE:
+            item["LocaleValue"] = {"Country": v[0], **({"Subdivision": v[1]} if v[1] else {})}
+        else:
+            item["IntegerValue"] = int(v)
+        quals.append(item)
+    out: dict[str, Any] = {"NumResults": len(quals), "Qualifications": quals}
+    if more:
+        out["NextToken"] = _encode_token({"op": "ListWorkersWithQualificationType", "w": rows[-1].worker_id})
+    return out
+
+
 @operation("ListWorkersWithQualificationType", writes=False)
 def list_workers_with_qualification_type(api, s, p, now):
-    qt = _qual_type(s, _str(p, "QualificationTypeId", required=True))
+    tid = _str(p, "QualificationTypeId", required=True)
+    if tid in BUILTIN_NAMES:
+        return _list_system_values(s, tid, p)
+    qt = _qual_type(s, tid)
     status = p.get("Status")
     if status is not None and status not in ("Granted", "Revoked"):
         raise E.RequestError("Status must be Granted or Revoked", E.INVALID_PARAMETER)

@@ -23,24 +23,20 @@ crowd_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="""Run the bundled MTurk-compatible crowd server (MTurk closed on 2026-09-30).
 
-It speaks the MTurk Requester API (2017-01-17, SigV4-signed JSON) so boto3's
-`mturk` client works unchanged with `endpoint_url`, and serves the worker web
-pages at `/` for your own annotators. The requester key pair is created on first
-start in DATA_DIR/credentials (AWS format, profile `labelprop-crowd`).
+It speaks the MTurk Requester API (2017-01-17, SigV4-signed JSON) so boto3's `mturk` client works unchanged with `endpoint_url`, and serves the worker web pages at `/` for your own annotators. The requester key pair is created on first start in DATA_DIR/credentials (AWS format, profile `labelprop-crowd`). Campaigns that post to it upload their HIT images to it, so they load for every worker.
 
 [bold]Examples[/bold]
 
   labelprop crowd-server --port 8765 --data-dir crowd
 
-  labelprop crowd-server --host 0.0.0.0 --tls self-signed --data-dir crowd   # HTTPS for the team's LAN
+  labelprop crowd-server --host 0.0.0.0 --tls self-signed --data-dir crowd
 
-  labelprop crowd-server add-worker alice --data-dir crowd   # prints alice's sign-in link
+  labelprop crowd-server add-worker alice --data-dir crowd   # a sign-in link
 
-  labelprop crowd-server --data-dir crowd --assets campaign/assets   # also serve HIT images at /assets/
+  labelprop crowd-server --port 8765 --data-dir crowd \\
+      --simulate-workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
 
-  labelprop crowd-server --port 8765 --data-dir crowd --simulate-workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
-
-  AWS_SHARED_CREDENTIALS_FILE=crowd/credentials AWS_CONFIG_FILE=crowd/config python -c "import boto3; print(boto3.client('mturk').get_account_balance())"
+  eval "$(labelprop crowd-server credentials --data-dir crowd --env)"
 """,
 )
 
@@ -148,6 +144,14 @@ def serve_command(
           session_seconds=session_days * 86400)
 
 
+def _existing_data_dir(dd: Path) -> None:
+    """A command that manages a server's data must not create an empty data directory by mistake."""
+    from .store import DB_NAME
+    if not dd.is_dir() or not (dd / DB_NAME).is_file():
+        raise LabelpropError(f"{dd}: no crowd server data directory here (no {DB_NAME}); start the server "
+                             f"once with `labelprop crowd-server --data-dir {dd}`, or pass the --data-dir it uses")
+
+
 def _base_url(data_dir: Path, base_url: Optional[str]) -> str:
     from .store import read_server_info
     if base_url:
@@ -174,7 +178,8 @@ def add_worker_command(
 
       labelprop crowd-server add-worker alice --data-dir crowd
 
-      labelprop crowd-server add-worker alice --data-dir crowd --new-link --base-url http://annot.lab:8765
+      labelprop crowd-server add-worker alice --data-dir crowd --new-link \\
+          --base-url http://annot.lab:8765
     """
     import re
     from .store import Store
@@ -185,6 +190,7 @@ def add_worker_command(
     if not 0 <= valid_days <= 3660:
         raise LabelpropError(f"--valid-days must be between 0 and 3660, got {valid_days}")
     dd = _data_dir(data_dir)
+    _existing_data_dir(dd)
     store = Store(dd)
     try:
         try:
@@ -224,7 +230,9 @@ def list_workers_command(
       labelprop crowd-server list-workers --data-dir crowd
     """
     from .store import LINK_REVOKED, Store
-    store = Store(_data_dir(data_dir))
+    dd = _data_dir(data_dir)
+    _existing_data_dir(dd)
+    store = Store(dd)
     try:
         sessions = store.session_counts()
         for w in store.list_workers():
@@ -248,15 +256,16 @@ def revoke_worker_command(
 ) -> None:
     """End a worker's sign-in link and sign them out everywhere, at once (also on a running server).
 
-    Their work stays; `add-worker NAME --new-link` lets them in again.  To also keep them from
-    working for you, block them (CreateWorkerBlock).
+    Their work stays; `add-worker NAME --new-link` lets them in again.  To also keep them from working for you, block them (CreateWorkerBlock).
 
     [bold]Example[/bold]
 
       labelprop crowd-server revoke-worker alice --data-dir crowd
     """
     from .store import Store
-    store = Store(_data_dir(data_dir))
+    dd = _data_dir(data_dir)
+    _existing_data_dir(dd)
+    store = Store(dd)
     try:
         try:
             w, ended = store.revoke_worker(worker)
@@ -273,8 +282,7 @@ def rotate_credentials_command(
 ) -> None:
     """Replace the requester key pair; the old key stops working at once (also on a running server).
 
-    Clients that read DATA_DIR/credentials (the AWS profile) pick up the new key when they next
-    create a client; give the new key to anyone else.
+    Clients that read DATA_DIR/credentials (the AWS profile) pick up the new key when they next create a client; give the new key to anyone else.
 
     [bold]Example[/bold]
 
@@ -329,9 +337,11 @@ def simulate_command(
 
     [bold]Examples[/bold]
 
-      labelprop crowd-server simulate --data-dir crowd --workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
+      labelprop crowd-server simulate --data-dir crowd \\
+          --workers "ann:accuracy=0.95;bob:spammer" --answers truth.json
 
-      labelprop crowd-server simulate --data-dir crowd --workers "ann" --policy mypkg.truth:answer --duration 60
+      labelprop crowd-server simulate --data-dir crowd --workers "ann" \\
+          --policy mypkg.truth:answer --duration 60
     """
     from .simulated_workers import start_pool
     from .store import read_server_info

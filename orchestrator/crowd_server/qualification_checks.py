@@ -163,3 +163,62 @@ def access_for(s: Session, worker: Worker, requirements_json: str,
             acc.discover = False
         acc.unmet.append(r)
     return acc
+
+
+# ---------------------------------------------------------------- telling a worker what is missing
+
+def pass_mark(s: Session, qualification_type_id: str) -> int | None:
+    """The lowest value that meets every HIT type's requirement on this qualification (the test's
+    pass mark), or None when no HIT type asks a minimum of it."""
+    from .models import HITType
+
+    need = None
+    for reqs_json in s.exec(select(HITType.qualification_requirements)).all():
+        for r in json.loads(reqs_json or "[]"):
+            if r.get("QualificationTypeId") != qualification_type_id:
+                continue
+            ints = r.get("IntegerValues") or [0]
+            v = {"GreaterThanOrEqualTo": ints[0], "GreaterThan": ints[0] + 1, "EqualTo": ints[0]}.get(r["Comparator"])
+            if v is not None:
+                need = v if need is None else max(need, v)
+    return need
+
+
+def describe_unmet(s: Session, worker: Worker, req: dict, values: dict[str, object] | None = None) -> dict:
+    """What one unmet requirement asks, in a worker's words: ``{"text", "action", "url"}``."""
+    values = worker_values(s, worker) if values is None else values
+    tid, comp = req["QualificationTypeId"], req["Comparator"]
+    ints = req.get("IntegerValues") or []
+    have = values.get(tid)
+    x = ints[0] if ints else None
+    words = {"GreaterThanOrEqualTo": "at least", "GreaterThan": "more than", "LessThan": "fewer than",
+             "LessThanOrEqualTo": "at most", "EqualTo": "exactly", "NotEqualTo": "other than"}
+    if tid == NUMBER_APPROVED:
+        return {"text": f"{words.get(comp, comp)} {x} approved HITs (you have {have})", "action": "", "url": ""}
+    if tid == PERCENT_APPROVED:
+        return {"text": f"an approval rate of {words.get(comp, comp)} {x}% (yours is {have}%)", "action": "", "url": ""}
+    if tid == LOCALE:
+        locs = [w.get("Country", "") + (f"-{w['Subdivision']}" if w.get("Subdivision") else "")
+                for w in req.get("LocaleValues") or []]
+        mine = "-".join(p for p in (have or ("?", None)) if p)
+        verb = "outside" if comp in ("NotIn", "NotEqualTo") else "in"
+        return {"text": f"a location {verb} {', '.join(locs)} (yours is {mine})", "action": "", "url": ""}
+    if tid in MASTERS:
+        return {"text": "the Masters qualification, which only Amazon Mechanical Turk grants", "action": "",
+                "url": ""}
+    if tid == ADULT:
+        return {"text": "being 18 or older", "action": "", "url": ""}
+    qt = s.get(QualificationType, tid)
+    name = qt.name if qt is not None else tid
+    if comp == "DoesNotExist":
+        return {"text": f"not holding '{name}'", "action": "", "url": ""}
+    if qt is not None and qt.test is not None:
+        if have is None:
+            return {"text": f"passing the test '{name}'" + (f" (at least {x} of 100)" if x is not None else ""),
+                    "action": "Take the test", "url": f"/qualifications#{tid}"}
+        return {"text": f"passing the test '{name}': your score is {have}" + (f", {x} needed" if x is not None else ""),
+                "action": "Retake the test", "url": f"/qualifications#{tid}"}
+    if comp == "Exists":
+        return {"text": f"the qualification '{name}', which the requester grants", "action": "", "url": ""}
+    return {"text": f"'{name}' of {words.get(comp, comp)} {x}" + (f" (yours is {have})" if have is not None else
+                                                                    " (you do not hold it)"), "action": "", "url": ""}

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from . import clock
 from . import ids
 from .models import HIT, Assignment, HITType, Message, Qualification, QualificationType, TestAttempt, Worker
-from .qualification_checks import access_for, worker_values
+from .qualification_checks import access_for, describe_unmet, pass_mark, worker_values
 from .store import Store, format_money, hit_available, open_clause
 from .xml_formats import (answers_xml, form_fields_to_answers, parse_answer_key, parse_question,
                           parse_test, question_form_answers, score_test)
@@ -39,6 +39,7 @@ class Group:
     can_preview: bool
     can_accept: bool
     unmet: list
+    needs: list = None           # the unmet requirements in a worker's words (describe_unmet)
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -103,7 +104,8 @@ class WorkerActions:
                 if not acc.discover:
                     continue
                 out.append(Group(tid, ht.title, ht.description, ht.keywords, format_money(ht.reward_cents),
-                                 ht.assignment_duration, n, acc.preview, acc.accept, acc.unmet))
+                                 ht.assignment_duration, n, acc.preview, acc.accept, acc.unmet,
+                                 [describe_unmet(s, w, r, values) for r in acc.unmet]))
             out.sort(key=lambda g: (not g.can_accept, g.title))
             return out
 
@@ -120,7 +122,8 @@ class WorkerActions:
             ht = s.get(HITType, h.hit_type_id)
             acc = access_for(s, w, ht.qualification_requirements)
             if not acc.preview:
-                raise WorkerError(403, "You do not meet the qualification requirements to preview this HIT.")
+                needs = "; ".join(d["text"] for d in (describe_unmet(s, w, r) for r in acc.unmet))
+                raise WorkerError(403, f"You cannot preview this HIT yet. It needs {needs}.")
             return h, ht
 
     def _find(self, s: Session, w: Worker, hit_type_id: str | None, hit_id: str | None, now: float) -> HIT:
@@ -142,8 +145,10 @@ class WorkerActions:
         with self.store.write() as s:
             h = self._find(s, w, hit_type_id, hit_id, now)
             ht = s.get(HITType, h.hit_type_id)
-            if not access_for(s, w, ht.qualification_requirements).accept:
-                raise WorkerError(403, "You do not meet the qualification requirements to accept this HIT.")
+            acc = access_for(s, w, ht.qualification_requirements)
+            if not acc.accept:
+                needs = "; ".join(d["text"] for d in (describe_unmet(s, w, r) for r in acc.unmet))
+                raise WorkerError(403, f"You cannot accept this HIT yet. It needs {needs}.")
             if h.reviewing or h.expiration <= now or hit_available(h) <= 0:
                 raise WorkerError(409, "This HIT is no longer available.")
             mine = s.exec(select(Assignment).where(Assignment.hit_id == h.hit_id, Assignment.worker_id == w.worker_id,
@@ -244,17 +249,26 @@ class WorkerActions:
             for qt in s.exec(select(QualificationType).where(QualificationType.status == "Active")
                              .order_by(QualificationType.created)).all():
                 q = s.get(Qualification, (qt.qualification_type_id, w.worker_id))
+                if qt.test is None and not qt.auto_granted and (q is None or q.status != "Granted"):
+                    continue        # granted by the requester alone, and not to this worker: nothing to do
                 can, why = self._can_request(s, w, qt, now)
+                mark = pass_mark(s, qt.qualification_type_id) if qt.test is not None else None
+                held = q is not None and q.status == "Granted"
+                passed = None if not held or mark is None else q.integer_value >= mark
                 out.append({"id": qt.qualification_type_id, "name": qt.name, "description": qt.description,
                             "hasTest": qt.test is not None, "autoGranted": qt.auto_granted,
                             "status": q.status if q else None, "value": q.integer_value if q else None,
-                            "canRequest": can, "why": why})
+                            "passMark": mark, "passed": passed, "canRequest": can, "why": why})
             return out
 
     def _can_request(self, s: Session, w: Worker, qt: QualificationType, now: float) -> tuple[bool, str]:
+        """A worker may take a test they do not hold, or retake one whose score is below the pass mark
+        that the requester's HIT types ask -- once the test's retry delay has passed."""
         q = s.get(Qualification, (qt.qualification_type_id, w.worker_id))
         if q is not None and q.status == "Granted":
-            return False, "You already hold this qualification."
+            mark = pass_mark(s, qt.qualification_type_id) if qt.test is not None else None
+            if mark is None or q.integer_value >= mark:
+                return False, "You already hold this qualification."
         if qt.test is None and not qt.auto_granted:
             return False, "This qualification is granted by the requester."
         last = s.exec(select(TestAttempt).where(TestAttempt.qualification_type_id == qt.qualification_type_id,
@@ -263,9 +277,9 @@ class WorkerActions:
                       .order_by(TestAttempt.id.desc())).first()
         if last is not None:
             if qt.retry_delay is None:
-                return False, "Retries are not allowed for this qualification."
+                return False, "This test cannot be retaken."
             if last.finished + qt.retry_delay > now:
-                return False, f"You can retry in {int(last.finished + qt.retry_delay - now) + 1} s."
+                return False, f"You can retake the test in {_duration(last.finished + qt.retry_delay - now)}."
         return True, ""
 
     def start_test(self, w: Worker, qtid: str) -> tuple[QualificationType, TestAttempt | None]:
@@ -325,5 +339,30 @@ class WorkerActions:
             s.add(att)
             s.merge(Qualification(qualification_type_id=qtid, worker_id=w.worker_id, integer_value=score,
                                   status="Granted", grant_time=now))
-            return {"status": "granted", "score": score,
-                    "message": f"You have been granted '{qt.name}' with a score of {score}."}
+            mark = pass_mark(s, qtid)
+            passed = None if mark is None else score >= mark
+            if qt.retry_delay is None:
+                retake = "This test cannot be retaken."
+            else:
+                retake = f"You can retake it in {_duration(qt.retry_delay)}, on the Qualifications page."
+            if passed is False:
+                message = f"Not passed this time: your score is {score}, and {mark} is needed. {retake}"
+            elif passed:
+                message = f"You passed '{qt.name}' with a score of {score} ({mark} needed). You can now work on its HITs."
+            else:
+                message = f"You have been granted '{qt.name}' with a score of {score}."
+            return {"status": "granted", "score": score, "passMark": mark, "passed": passed,
+                    "retryDelay": qt.retry_delay, "message": message, "name": qt.name}
+
+
+def _duration(seconds: float) -> str:
+    """'45 seconds', '10 minutes', '2 hours', '1 day' (rounded up)."""
+    import math
+
+    seconds = max(0.0, float(seconds))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = math.ceil(seconds / size - 1e-9)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    n = max(1, math.ceil(seconds))
+    return f"{n} second{'s' if n != 1 else ''}"
