@@ -22,7 +22,7 @@ results.
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -52,8 +52,11 @@ _ROWS = 65_536          # rows per block when reading features
 
 @dataclass(frozen=True)
 class ClusterParams:
-    score_weight: float = DEFAULT_SCORE_WEIGHT
-    exact_limit: int = DEFAULT_EXACT_LIMIT
+    # ``help`` metadata: read by the command-line options and campaign.toml (orchestrator.params)
+    score_weight: float = field(default=DEFAULT_SCORE_WEIGHT, metadata={
+        "help": "Weight of the mask score next to the features in the clustering."})
+    exact_limit: int = field(default=DEFAULT_EXACT_LIMIT, metadata={
+        "help": "Largest class clustered exactly (memory ~ 8n^2/2 bytes); larger ones in two levels."})
     seed: int = 0
     part_size: int = DEFAULT_PART_SIZE
     n_reps: int = DEFAULT_REPS

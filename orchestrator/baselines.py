@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clustering.tree import Forest
+from orchestrator import paper
 from orchestrator.errors import LabelpropError, check_unit_interval
 from orchestrator.results import RunResult, TraceRecorder
 
@@ -116,7 +117,7 @@ def flat_clusters(forest: Forest, k: int) -> np.ndarray:
 
 
 def run_universal_threshold(forest: Forest, ious: np.ndarray, annotators, k: int, *,
-                            ns: int = 15, ka: float = 0.85, kiou: float = 0.75,
+                            ns: int = paper.NS, ka: float = paper.KA, kiou: float = paper.KIOU,
                             kpa: float | None = None, budget_questions: int | None = None,
                             seed: int = 0) -> RunResult:
     """Universal-threshold baseline (paper Fig. 6b) for one ``k``.
@@ -251,7 +252,7 @@ def _lsun_thresholds(p: np.ndarray, y: np.ndarray, lp: LsunParams) -> tuple[floa
 
 
 def run_lsun(features: np.ndarray, scores: np.ndarray, ious: np.ndarray, classes: np.ndarray,
-             annotators, kiou: float = 0.75, budget_questions: int | None = None,
+             annotators, kiou: float = paper.KIOU, budget_questions: int | None = None,
              seed: int = 0, params: LsunParams = LsunParams()) -> RunResult:
     """Modified LSUN baseline [61] (paper Sec. 5.2), per class, in rounds.
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.atomic import atomic_open
+from orchestrator import paper
 from orchestrator.errors import LabelpropError, check_unit_interval
 
 __all__ = ["Calibration", "node_table", "cumulative_threshold", "binned_curves",
@@ -114,8 +115,8 @@ def binned_curves(S: np.ndarray, Q: np.ndarray, ka: float, bins: int = 20) -> li
     return out
 
 
-def calibrate_nodes(S: np.ndarray, Q: np.ndarray, sizes: np.ndarray, *, ka: float = 0.85,
-                    kiou: float = 0.75, min_size: int = 15, eps: float = 0.01,
+def calibrate_nodes(S: np.ndarray, Q: np.ndarray, sizes: np.ndarray, *, ka: float = paper.KA,
+                    kiou: float = paper.KIOU, min_size: int = paper.NS, eps: float = 0.01,
                     bins: int = 20) -> Calibration:
     """Thresholds from per-node (S, Q, size) arrays; see the module docstring."""
     ka = check_unit_interval("ka", ka)
@@ -137,8 +138,8 @@ def calibrate_nodes(S: np.ndarray, Q: np.ndarray, sizes: np.ndarray, *, ka: floa
                        bins=binned_curves(S, Q, ka, bins))
 
 
-def calibrate_forest(forest, ious: np.ndarray, *, ka: float = 0.85, kiou: float = 0.75,
-                     min_size: int = 15, eps: float = 0.01, bins: int = 20) -> Calibration:
+def calibrate_forest(forest, ious: np.ndarray, *, ka: float = paper.KA, kiou: float = paper.KIOU,
+                     min_size: int = paper.NS, eps: float = 0.01, bins: int = 20) -> Calibration:
     """:func:`calibrate_nodes` over every node of ``forest`` (trees from ``build_forest``)."""
     kiou = check_unit_interval("kiou", kiou)
     S, Q, sizes = node_table(forest, ious, kiou)

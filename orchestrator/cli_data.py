@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
+from clustering.build import ClusterParams as _CP
 from orchestrator.atomic import json_safe
+from orchestrator.cli_options import option
+from orchestrator.search import SearchParams as _SP
 from orchestrator.errors import LabelpropError, check_unit_interval
 
 SYNTH_HELP = """Write synthetic {features, score, IoU, class} triplets for `simulate` and `calibrate`.
@@ -38,7 +41,7 @@ Examples:
 
   labelprop calibrate heldout.npz --write camp/   # kpr, kpa + calibration.json
 
-  labelprop calibrate heldout.npz --json > cal.json      (for `labelprop simulate --calibration`)
+  labelprop calibrate heldout.npz --json > cal.json  # simulate --calibration
 """
 
 
@@ -53,7 +56,7 @@ def synth(
     classes: int = typer.Option(5, "--classes", help="Number of classes (Zipf-distributed sizes)."),
     dim: int = typer.Option(16, "--dim", help="Feature dimension d."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same file)."),
-    kiou: float = typer.Option(0.75, "--kiou", help="IoU threshold used for the reported positive fraction."),
+    kiou: float = option(_SP, "kiou", help="IoU threshold used for the reported positive fraction."),
     demo: bool = typer.Option(False, "--demo", help="Regenerate the bundled demo dataset "
                               "(n=20000, 5 classes, d=16, seed 2021) at OUT or its package path."),
     masks_per_mode: float = typer.Option(150.0, "--masks-per-mode", help="Average masks per visual mode "
@@ -115,9 +118,9 @@ def _table(cal) -> str:
 def calibrate(
     triplets: Path = typer.Argument(..., help="Held-out triplets .npz with ground-truth ious.",
                                     show_default=False),
-    ka: float = typer.Option(0.85, "--ka", help="K_a: high quality at Q >= K_a, low at Q <= 1-K_a."),
-    kiou: float = typer.Option(0.75, "--kiou", help="K_iou: a mask is correct when IoU >= K_iou."),
-    min_size: int = typer.Option(15, "--min-size", help="Only nodes with at least this many masks "
+    ka: float = option(_SP, "ka", help="K_a: high quality at Q >= K_a, low at Q <= 1-K_a."),
+    kiou: float = option(_SP, "kiou"),
+    min_size: int = typer.Option(_SP.ns, "--min-size", help="Only nodes with at least this many masks "
                                  "(default N_s: smaller nodes are asked in full, not estimated)."),
     eps: float = typer.Option(0.01, "--eps", help="Tolerance of '~0' and '~1'."),
     bins: int = typer.Option(20, "--bins", help="Score bins of the displayed P_h / P_l curve."),
@@ -127,8 +130,8 @@ def calibrate(
                                          "and kpa in its campaign.toml and stores the P_h / P_l curve "
                                          "(calibration.json, read by the value strategies)."),
     json_flag: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
-    score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score in the clustering."),
-    exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly."),
+    score_weight: float = option(_CP, "score_weight"),
+    exact_limit: int = option(_CP, "exact_limit"),
     seed: int = typer.Option(0, "--seed", help="Seed of two-level clustering and plot subsampling."),
 ) -> None:
     from clustering.build import ClusterParams, build_forest

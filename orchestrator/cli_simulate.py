@@ -11,6 +11,9 @@ import typer
 
 from orchestrator.atomic import atomic_write_json, json_safe
 from orchestrator.errors import LabelpropError
+from clustering.build import ClusterParams as _CP
+from orchestrator.cli_options import flag_names, option
+from orchestrator.cost import CostModel as _CM
 from orchestrator.search import STRATEGIES as _STRATEGIES
 from orchestrator.search import SearchParams as _SP
 
@@ -47,13 +50,14 @@ def _strategies(values: List[str]) -> list[str]:
     return out
 
 
-def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, ka: float = 0.85,
-                   kiou: float = 0.75, kpr: float = 0.0, kpa: float = 0.7, chunk: int = 0,
+def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = _SP.ns, ka: float = _SP.ka,
+                   kiou: float = _SP.kiou, kpr: float = _SP.kpr, kpa: float = _SP.kpa, chunk: int = _SP.chunk,
                    budget_questions: Optional[int] = None, oracle: bool = False, seed: int = 0,
                    error_rate: float = 0.0, seconds_per_question: float = 1.5,
-                   reward_usd: float = 0.15, questions_per_hit: int = 50,
+                   reward_usd: float = _CM.reward_usd, questions_per_hit: int = _CM.questions_per_hit,
                    report_at: Optional[List[int]] = None, out_dir: Optional[Path] = None,
-                   score_weight: float = 0.25, exact_limit: int = 40_000, plots: bool = True,
+                   score_weight: float = _CP.score_weight, exact_limit: int = _CP.exact_limit,
+                   plots: bool = True,
                    progress=None, leaf_rule: Optional[str] = None, acceptance: Optional[str] = None,
                    risk_masks: Optional[float] = None, calibration: Optional[Path] = None,
                    forest=None) -> dict:
@@ -149,35 +153,29 @@ def simulate(
     strategy: List[str] = typer.Option([_SP.strategy], "--strategy", "-s",
                                        help=f"{', '.join(_STRATEGIES)}, or all; repeat or comma-separate to "
                                             "compare."),
-    ns: int = typer.Option(15, "--ns", help="N_s: masks verified per cluster."),
-    ka: float = typer.Option(0.85, "--ka", help="K_a: accept a cluster at Q >= K_a, reject at Q <= 1 - K_a."),
-    kiou: float = typer.Option(0.75, "--kiou", help="K_iou: a mask is correct when its IoU >= K_iou."),
-    kpr: float = typer.Option(0.0, "--kpr", help="K_pr: auto-reject clusters with score S <= K_pr."),
-    kpa: float = typer.Option(0.7, "--kpa", help="K_pa: auto-split clusters with S <= K_pa (no questions)."),
-    chunk: int = typer.Option(0, "--chunk", help="Sequential sampling: ask K at a time, stop once the decision is "
-                                                "determined (0: ask all N_s at once)."),
+    ns: int = option(_SP, "ns"),
+    ka: float = option(_SP, "ka"),
+    kiou: float = option(_SP, "kiou"),
+    kpr: float = option(_SP, "kpr"),
+    kpa: float = option(_SP, "kpa"),
+    chunk: int = option(_SP, "chunk"),
     budget_questions: Optional[int] = typer.Option(None, "--budget-questions", help="Stop before asking more questions."),
-    oracle: bool = typer.Option(False, "--oracle", help="Q is the true cluster quality (paper Sec. 5.1): no sampling."),
-    seed: int = typer.Option(0, "--seed", help="Seed for sampling and annotator errors."),
+    oracle: bool = option(_SP, "oracle"),
+    seed: int = option(_SP, "seed", help="Seed for sampling and annotator errors."),
     error_rate: float = typer.Option(0.0, "--error-rate", help="Probability that an annotator answers wrongly."),
     seconds_per_question: float = typer.Option(1.5, "--seconds-per-question", help="For the hours estimate."),
-    reward_usd: float = typer.Option(0.15, "--reward", help="Reward per HIT in USD (fees added by MTurk's rules)."),
-    questions_per_hit: int = typer.Option(50, "--questions-per-hit", help="Questions packed into one HIT."),
+    reward_usd: float = option(_CM, "reward_usd", "--reward"),
+    questions_per_hit: int = option(_CM, "questions_per_hit"),
     report_at: Optional[List[int]] = typer.Option(None, "--report-at", help="Question budgets for the comparison "
                                                   "table (default: a quarter of the first tree search's questions)."),
     out: Path = typer.Option(Path("simulate-out"), "--out", help="Directory for fig6_search.png, fig8_cost.png, curves.csv."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON object to this file."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG/CSV curves."),
-    score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score next to the features in the clustering."),
-    exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly (memory ~ 8n^2/2 bytes)."),
-    acceptance: str = typer.Option(_SP.acceptance, "--acceptance", help="fixed: accept at Q >= K_a over N_s "
-                                   "answers (the paper). size-aware: also require a sequential test whose error "
-                                   "budget shrinks with the cluster's size (asks more before accepting a large "
-                                   "cluster)."),
-    risk_masks: float = typer.Option(_SP.risk_masks, "--risk-masks", help="size-aware: a cluster of n masks whose "
-                                     "quality is at most K_a - 0.1 is accepted with probability <= risk-masks / n."),
-    leaf_rule: str = typer.Option(_SP.leaf_rule, "--leaf-rule", help="drop: a one-mask leaf with S <= K_pa is "
-                                  "dropped (the paper). ask: it is asked (the authors' code)."),
+    score_weight: float = option(_CP, "score_weight"),
+    exact_limit: int = option(_CP, "exact_limit"),
+    acceptance: str = option(_SP, "acceptance"),
+    risk_masks: float = option(_SP, "risk_masks"),
+    leaf_rule: str = option(_SP, "leaf_rule"),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="P(accept | S) for the value "
                                                "strategies: a file from `labelprop calibrate --json` or a "
                                                "campaign's calibration.json (default: a ramp from K_pa to 1)."),
@@ -186,14 +184,15 @@ def simulate(
 
     check_unit_interval("--error-rate", error_rate)
     names = _strategies(strategy)
-    result = run_simulation(
-        triplets, names, ns=ns, ka=ka, kiou=kiou, kpr=kpr, kpa=kpa, chunk=chunk,
-        budget_questions=budget_questions, oracle=oracle, seed=seed, error_rate=error_rate,
-        seconds_per_question=seconds_per_question, reward_usd=reward_usd,
-        questions_per_hit=questions_per_hit, report_at=report_at, out_dir=out,
-        score_weight=score_weight, exact_limit=exact_limit, plots=not no_plots,
-        leaf_rule=leaf_rule, acceptance=acceptance, risk_masks=risk_masks, calibration=calibration,
-        progress=lambda m: typer.secho(f"labelprop: {m}", err=True, fg=typer.colors.BRIGHT_BLACK))
+    with flag_names({"reward_usd": "--reward"}):
+        result = run_simulation(
+            triplets, names, ns=ns, ka=ka, kiou=kiou, kpr=kpr, kpa=kpa, chunk=chunk,
+            budget_questions=budget_questions, oracle=oracle, seed=seed, error_rate=error_rate,
+            seconds_per_question=seconds_per_question, reward_usd=reward_usd,
+            questions_per_hit=questions_per_hit, report_at=report_at, out_dir=out,
+            score_weight=score_weight, exact_limit=exact_limit, plots=not no_plots,
+            leaf_rule=leaf_rule, acceptance=acceptance, risk_masks=risk_masks, calibration=calibration,
+            progress=lambda m: typer.secho(f"labelprop: {m}", err=True, fg=typer.colors.BRIGHT_BLACK))
     text = json.dumps(result, indent=2)
     if json_out is not None:
         atomic_write_json(json_out, result)

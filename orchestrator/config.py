@@ -20,7 +20,10 @@ import tomli_w
 
 from clustering.twolevel import DEFAULT_PART_SIZE, DEFAULT_REPS
 from orchestrator.atomic import atomic_write_text
+from clustering.build import ClusterParams as _CP
+from orchestrator.cost import CostModel as _CM
 from orchestrator.errors import LabelpropError
+from orchestrator.params import ParamError, default_of, non_negative, param, validate
 from orchestrator.search import SearchParams as _SP
 
 __all__ = [
@@ -47,29 +50,31 @@ class StoreSection:
     url: str = "sqlite:///campaign.db"   # relative sqlite paths are relative to the campaign dir
 
 
-@dataclass
-class SearchSection:
-    # defaults are the search's own (orchestrator.search.SearchParams): one place for each number
-    strategy: str = _SP.strategy
-    ns: int = _SP.ns
-    ka: float = _SP.ka
-    kiou: float = _SP.kiou
-    kpa: float = _SP.kpa
-    kpr: float = _SP.kpr
-    chunk: int = _SP.chunk      # 0: ask all N_s at once; K > 0: sequential, K at a time
-    budget_questions: int = 0   # 0: no budget
-    leaf_rule: str = _SP.leaf_rule
-    acceptance: str = _SP.acceptance
-    risk_masks: float = _SP.risk_masks
-    bad_margin: float = _SP.bad_margin
-    max_answers: int = _SP.max_answers
-    calibration: str = ""       # calibration.json (relative to the campaign dir) for the value strategies
-    class_quotas: dict[str, int] = field(default_factory=dict)  # category name or id -> masks
+def _section_fields(spec) -> list[tuple]:
+    """``make_dataclass`` fields for the ``campaign.toml`` keys of the core dataclass ``spec``:
+    same names, types, defaults and metadata (help, check)."""
+    hints = typing.get_type_hints(spec)
+    return [(f.name, hints[f.name], field(default=f.default, metadata=f.metadata))
+            for f in dataclasses.fields(spec) if f.metadata.get("config", True)]
+
+
+#: ``[search]``: the keys of :class:`~orchestrator.search.SearchParams` (defaults, help and checks
+#: are its own: one place for each number) plus the campaign's own search settings.
+SearchSection = dataclasses.make_dataclass("SearchSection", _section_fields(_SP) + [
+    ("budget_questions", int, param(0, "Stop after this many questions (0: no limit).",
+                                    check=non_negative("off"))),
+    ("calibration", str, param("", "File written by `labelprop calibrate --write`, relative to the "
+                                   "campaign directory: P(accept | S) for the value strategies (empty: a "
+                                   "ramp from kpa to 1).")),
+    ("class_quotas", dict[str, int], param(default_factory=dict, help="[search.class_quotas]: category "
+                                                                      "name (or id) = number of masks wanted.")),
+])
+SearchSection.__module__ = __name__
 
 
 @dataclass
 class ClusteringSection:
-    score_weight: float = 0.25
+    score_weight: float = default_of(_CP, "score_weight")
     exact_limit: int = 0        # 0: derived from the machine's memory (about 70,000 on 24 GiB)
     part_size: int = DEFAULT_PART_SIZE  # largest part of the two-level path
     reps: int = DEFAULT_REPS            # representatives per part (distance between parts)
@@ -122,10 +127,11 @@ class CrowdSection:
     backend: str = "simulated"
     endpoint_url: str = ""      # empty: the platform's default (production or sandbox)
     sandbox: bool = True
-    reward_usd: float = 0.15    # per HIT (assignment)
-    questions_per_hit: int = 50
-    gold_per_hit: int = 5
-    assignments_per_hit: int = 1
+    # the cost fields' defaults are the cost model's (orchestrator.cost.CostModel)
+    reward_usd: float = default_of(_CM, "reward_usd")    # per HIT (assignment)
+    questions_per_hit: int = default_of(_CM, "questions_per_hit")
+    gold_per_hit: int = default_of(_CM, "gold_per_hit")
+    assignments_per_hit: int = default_of(_CM, "assignments_per_hit")
     max_hits_in_flight: int = 20
     budget_usd: float = 0.0     # 0: no budget
     title: str = "Is this object outlined correctly? (yes/no, keyboard y/n)"
@@ -135,7 +141,7 @@ class CrowdSection:
     lifetime_seconds: int = 3 * 86_400
     assignment_duration_seconds: int = 3_600
     auto_approval_delay_seconds: int = 3 * 86_400
-    masters: bool = False       # require the Masters qualification (+5% fee)
+    masters: bool = default_of(_CM, "masters")       # require the Masters qualification (+5% fee)
     allow_unsure: bool = False  # offer an "unsure" answer (re-asked, never counted)
     aggregation: str = "majority"   # with assignments_per_hit > 1: majority | dawid-skene
     ordered: bool = True        # process HITs in posting order (reproducible runs)
@@ -156,31 +162,15 @@ class CampaignConfig:
     crowd: CrowdSection = field(default_factory=CrowdSection)
 
 
-_HEADER = """\
+_HEADER_TEMPLATE = """\
 # labelprop campaign configuration (written by `labelprop init`; edit freely).
 #
 # [campaign]   name; seed (every random draw derives from it); created (UTC).
 # [store]      url: SQLAlchemy URL of the campaign store. sqlite paths are relative to
 #              this directory; e.g. postgresql+psycopg://user@host/db for many pollers.
-# [search]     strategy: heuristic | bfs | dfs | dfs-heuristic | value | value-simple
-#              (the simulation baselines universal-threshold, naive, lsun are not
-#              campaign strategies).  ns: questions per cluster (N_s).  ka: accept a cluster
-#              at Q >= ka, reject at Q <= 1-ka, else split (K_a).  kiou: IoU at which a
-#              mask counts as correct (K_iou).  kpa: auto-split clusters with mean
-#              score S <= kpa (K_pa).  kpr: auto-reject at S <= kpr (K_pr).  chunk: 0 asks
-#              all ns at once, K > 0 asks K at a time (sequential sampling).
-#              budget_questions: stop after this many questions (0: no limit).
-#              leaf_rule: drop (a one-mask leaf with S <= kpa is dropped, the paper) | ask
-#              (it is asked, the authors' code).  acceptance: fixed (the paper) |
-#              size-aware (a cluster of n masks is wrongly accepted with probability at
-#              most risk_masks / n: it asks more before accepting a large cluster;
-#              bad_margin: "wrong" is Q <= ka - bad_margin; max_answers: most answers one
-#              cluster collects, 0 = 10 ns).  calibration: file written by `labelprop
-#              calibrate --write` (P(accept | S) for the value strategies; empty: a ramp
-#              from kpa to 1).
-#              [search.class_quotas]: category name (or id) = number of masks wanted.
+{search}
 # [clustering] score_weight: weight of the mask score next to the features (1.0: as
-#              much as all feature dimensions together; default 0.25).  exact_limit: classes larger
+#              much as all feature dimensions together; default {score_weight}).  exact_limit: classes larger
 #              than this are clustered in two levels (0: the largest class whose distance
 #              matrix fits in 80% of the machine's memory, about 70,000 masks on 24 GiB).
 #              part_size: largest part of the two-level path (exact trees inside); reps:
@@ -220,6 +210,21 @@ _HEADER = """\
 #              one worker's), seconds_per_question.
 """
 
+
+
+def _comment_block(title: str, section) -> str:
+    """``# [title]  key: help ...`` for every field of ``section``, wrapped like the rest."""
+    import textwrap
+
+    text = "  ".join(f"{f.name}: {f.metadata['help']}" for f in dataclasses.fields(section)
+                     if f.metadata.get("help"))
+    lead = f"# [{title}]".ljust(15)
+    return "\n".join(textwrap.wrap(text, width=92, initial_indent=lead, subsequent_indent="#" + " " * 14,
+                                   break_on_hyphens=False))
+
+
+_HEADER = (_HEADER_TEMPLATE.replace("{search}", _comment_block("search", SearchSection))
+           .replace("{score_weight}", str(default_of(_CP, "score_weight"))))
 
 def config_path(campaign_dir: str | os.PathLike) -> Path:
     return Path(campaign_dir) / CONFIG_NAME
@@ -307,37 +312,21 @@ def _from_dict(cls, data: dict, where: str, file: Path):
 
 def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> CampaignConfig:
     """Range checks; raises a one-line :class:`LabelpropError` naming ``file`` and the key."""
-    from orchestrator.search import ACCEPTANCE_RULES, LEAF_RULES, STRATEGIES
-
     def bad(key: str, msg: str):
         raise LabelpropError(f"{file}: {key} {msg}")
 
+    def checked(spec, section, prefix: str, names=None) -> None:
+        """The core's own checks (orchestrator.params) on a section, named as in this file."""
+        try:
+            validate(spec, section, names)
+        except ParamError as exc:
+            raise LabelpropError(f"{file}: {exc.render(lambda n: prefix + n)}") from None
+
     s = cfg.search
-    for k in ("ka", "kiou", "kpa", "kpr"):
-        v = getattr(s, k)
-        if not 0.0 <= v <= 1.0:
-            bad(f"search.{k}", f"must be in [0, 1], got {v!r}")
-    if s.kpr > s.kpa:
-        bad("search.kpr", f"({s.kpr}) must not exceed search.kpa ({s.kpa})")
-    if s.strategy not in STRATEGIES:
-        bad("search.strategy", f"must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
-    if s.leaf_rule not in LEAF_RULES:
-        bad("search.leaf_rule", f"must be one of {', '.join(LEAF_RULES)}, got {s.leaf_rule!r}")
-    if s.acceptance not in ACCEPTANCE_RULES:
-        bad("search.acceptance", f"must be one of {', '.join(ACCEPTANCE_RULES)}, got {s.acceptance!r}")
-    if not s.risk_masks > 0:
-        bad("search.risk_masks", f"must be > 0, got {s.risk_masks!r}")
-    if not 0.0 < s.bad_margin < s.ka:
-        bad("search.bad_margin", f"must be in (0, search.ka), got {s.bad_margin!r}")
-    if s.max_answers < 0:
-        bad("search.max_answers", f"must be 0 (10 ns) or positive, got {s.max_answers}")
+    checked(_SP, s, "search.")
+    checked(SearchSection, s, "search.", ("budget_questions",))
     if s.calibration and (os.path.isabs(s.calibration) or ".." in Path(s.calibration).parts):
         bad("search.calibration", f"must be a path inside the campaign directory, got {s.calibration!r}")
-    if s.ns < 1:
-        bad("search.ns", f"must be at least 1, got {s.ns}")
-    for k in ("chunk", "budget_questions"):
-        if getattr(s, k) < 0:
-            bad(f"search.{k}", f"must be 0 (off) or positive, got {getattr(s, k)}")
     c = cfg.clustering
     if c.score_weight < 0:
         bad("clustering.score_weight", f"must be >= 0, got {c.score_weight}")
@@ -355,14 +344,13 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
 
     if w.backend not in backend_names():
         bad("crowd.backend", f"must be one of {', '.join(backend_names())}, got {w.backend!r}")
-    for k in ("reward_usd", "budget_usd"):
-        if getattr(w, k) < 0:
-            bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
-    for k in ("questions_per_hit", "assignments_per_hit", "max_hits_in_flight",
-              "lifetime_seconds", "assignment_duration_seconds"):
+    checked(_CM, w, "crowd.")
+    if w.budget_usd < 0:
+        bad("crowd.budget_usd", f"must be >= 0, got {w.budget_usd}")
+    for k in ("max_hits_in_flight", "lifetime_seconds", "assignment_duration_seconds"):
         if getattr(w, k) < 1:
             bad(f"crowd.{k}", f"must be at least 1, got {getattr(w, k)}")
-    for k in ("gold_per_hit", "auto_approval_delay_seconds"):
+    for k in ("auto_approval_delay_seconds",):
         if getattr(w, k) < 0:
             bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
     if w.gold_per_hit >= w.questions_per_hit:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from orchestrator.crowd.ledger import MTURK_FEES, cents, usd
+from orchestrator.params import at_least, non_negative, param
 
 __all__ = ["assignment_fee", "assignment_cost", "CostModel"]
 
@@ -28,15 +29,17 @@ class CostModel:
     """How questions become HITs and dollars.
 
     Defaults follow the authors' live campaign: 50 questions per HIT (plus gold
-    questions), one assignment per HIT, and a reward of $0.15 per HIT (about $0.0036 a
-    question with the fee, close to the paper's $980 for 245,177 questions).
+    questions), one assignment per HIT, and the reward below per HIT (about $0.0036 a
+    question with the fee, close to the paper's $980 for 245,177 questions).  The
+    ``[crowd]`` section of ``campaign.toml`` takes its defaults and help from these fields.
     """
 
-    reward_usd: float = 0.15
-    questions_per_hit: int = 50
-    gold_per_hit: int = 5
-    assignments_per_hit: int = 1
-    masters: bool = False
+    reward_usd: float = param(0.15, "Reward per HIT (assignment) in USD; the platform's fees are added.",
+                              check=non_negative())
+    questions_per_hit: int = param(50, "Questions packed into one HIT.", check=at_least(1))
+    gold_per_hit: int = param(5, "Hidden known-answer (gold) questions per HIT.", check=non_negative())
+    assignments_per_hit: int = param(1, "Workers per HIT (> 1: replication).", check=at_least(1))
+    masters: bool = param(False, "Require the Masters qualification (+5% fee).")
 
     def hits(self, questions: int) -> int:
         return math.ceil(questions / self.questions_per_hit) if questions > 0 else 0

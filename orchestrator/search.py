@@ -57,8 +57,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from clustering.tree import Forest
+from orchestrator import paper
 from orchestrator.calibration import AcceptanceCurve
-from orchestrator.errors import LabelpropError, check_unit_interval
+from orchestrator.errors import LabelpropError
+from orchestrator.params import at_least, non_negative, one_of, param, positive, unit_interval, validate
 
 __all__ = ["NodeState", "SearchParams", "Ask", "Decision", "Search", "decide", "judge",
            "ORDERS", "TREE_STRATEGIES", "BASELINES", "STRATEGIES", "LEAF_RULES", "ACCEPTANCE_RULES",
@@ -89,6 +91,25 @@ LEAF_RULES = ("drop", "ask")
 ACCEPTANCE_RULES = ("fixed", "size-aware")
 
 
+def _tree_strategies() -> tuple[str, ...]:
+    return TREE_STRATEGIES
+
+
+def _kpr_below_kpa(p):
+    if p.kpr > p.kpa:
+        return "kpr", f"({p.kpr}) must not exceed {{kpa}} ({p.kpa})"
+
+
+def _bad_margin_below_ka(p):
+    if not (0.0 < p.bad_margin < p.ka) or not math.isfinite(p.bad_margin):
+        return "bad_margin", f"must be in (0, {{ka}}), got {p.bad_margin!r}"
+
+
+def _size_aware_needs_ka_below_1(p):
+    if p.acceptance == "size-aware" and p.ka >= 1.0:
+        return "acceptance", "size-aware needs {ka} < 1"
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Search parameters; the thresholds are the paper's (Sec. 5.2) with K_pr = 0.
@@ -97,53 +118,51 @@ class SearchParams:
     ``bad_margin``, ``max_answers``) and ``curve`` (P_h / P_l for the ``value`` strategies) go
     beyond the paper; see the module docstring and :func:`judge`.  The paper's search is
     ``strategy="heuristic"`` with the other defaults.
+
+    Every field carries its help text and check (:mod:`orchestrator.params`): the
+    ``[search]`` section of ``campaign.toml`` and the options of ``labelprop simulate`` are
+    built from them, and :func:`orchestrator.params.validate` checks them in one place.
     """
 
-    ns: int = 15
-    ka: float = 0.85
-    kiou: float = 0.75
-    kpa: float = 0.7
-    kpr: float = 0.0
-    chunk: int = 0          # 0: ask all N_s at once; K > 0: sequential, K at a time
-    strategy: str = "value"
-    oracle: bool = False    # Q is the true cluster quality (paper Sec. 5.1), no questions
-    seed: int = 0
-    quotas: tuple = ()      # ((class_id, masks wanted), ...): stop searching a class once met
-    leaf_rule: str = "drop"     # single-mask leaf with K_pr < S <= K_pa: "drop" or "ask"
-    acceptance: str = "fixed"   # "fixed" (the paper) or "size-aware"
-    risk_masks: float = 100.0   # size-aware: a node of n masks is wrongly accepted w.p. <= risk_masks / n
-    bad_margin: float = 0.1     # size-aware: "bad" quality is K_a - bad_margin
-    max_answers: int = 0        # size-aware: most answers one node collects (0: 10 N_s)
-    curve: AcceptanceCurve | None = None   # value strategies: P_h(S), P_l(S) (None: fallback ramp)
+    strategy: str = param("value", "heuristic | bfs | dfs | dfs-heuristic | value | value-simple: the "
+                          "order in which clusters are asked (value: most expected accepted masks per "
+                          "question; heuristic: highest score S first, the paper's).",
+                          check=one_of(_tree_strategies))
+    ns: int = param(paper.NS, "N_s: masks verified per cluster.", check=at_least(1))
+    ka: float = param(paper.KA, "K_a: accept a cluster at Q >= K_a, reject at Q <= 1 - K_a, else split.",
+                      check=unit_interval)
+    kiou: float = param(paper.KIOU, "K_iou: a mask is correct when its IoU >= K_iou.", check=unit_interval)
+    kpa: float = param(paper.KPA, "K_pa: auto-split clusters with score S <= K_pa (no questions).",
+                       check=unit_interval)
+    kpr: float = param(paper.KPR, "K_pr: auto-reject clusters with score S <= K_pr.", check=unit_interval)
+    chunk: int = param(0, "Sequential sampling: ask K at a time, stop once the decision is determined "
+                          "(0: ask all N_s at once).", check=non_negative("off"))
+    leaf_rule: str = param("drop", "drop: a one-mask leaf with S <= K_pa is dropped (the paper). ask: it is "
+                                   "asked (the authors' code).", check=one_of(lambda: LEAF_RULES))
+    acceptance: str = param("fixed", "fixed: accept at Q >= K_a over N_s answers (the paper). size-aware: "
+                                     "also require a sequential test whose error budget shrinks with the "
+                                     "cluster's size (asks more before accepting a large cluster).",
+                            check=one_of(lambda: ACCEPTANCE_RULES))
+    risk_masks: float = param(100.0, "size-aware: a cluster of n masks whose quality is at most K_a - "
+                                     "bad_margin is accepted with probability <= risk_masks / n.",
+                              check=positive)
+    bad_margin: float = param(0.1, "size-aware: \"wrong\" is Q <= K_a - bad_margin.")
+    max_answers: int = param(0, "size-aware: most answers one cluster collects (0: 10 N_s).",
+                             check=non_negative("10 N_s"))
+    oracle: bool = param(False, "Q is the true cluster quality (paper Sec. 5.1): no questions.",
+                         config=False)
+    seed: int = param(0, "Seed of the sampling.", config=False)
+    quotas: tuple = param((), "((class_id, masks wanted), ...): stop searching a class once met.",
+                          check=lambda qs: next((f"of class {c} must be >= 0, got {q}"
+                                                 for c, q in qs if int(q) < 0), None),
+                          config=False)
+    curve: AcceptanceCurve | None = param(None, "value strategies: P_h(S), P_l(S) (None: a ramp from "
+                                                "K_pa to 1).", config=False)
+
+    __param_rules__ = (_kpr_below_kpa, _bad_margin_below_ka, _size_aware_needs_ka_below_1)
 
     def __post_init__(self) -> None:
-        for name in ("ka", "kiou", "kpa", "kpr"):
-            check_unit_interval(f"--{name}", getattr(self, name))
-        if self.ns < 1:
-            raise LabelpropError(f"--ns must be at least 1, got {self.ns}")
-        if self.chunk < 0:
-            raise LabelpropError(f"--chunk must be 0 (off) or positive, got {self.chunk}")
-        if self.kpr > self.kpa:
-            raise LabelpropError(f"--kpr ({self.kpr}) must not exceed --kpa ({self.kpa})")
-        for c, q in self.quotas:
-            if int(q) < 0:
-                raise LabelpropError(f"quota for class {c} must be >= 0, got {q}")
-        if self.strategy not in ORDERS:
-            raise LabelpropError(
-                f"unknown tree-search strategy {self.strategy!r}; choose one of {', '.join(TREE_STRATEGIES)}")
-        if self.leaf_rule not in LEAF_RULES:
-            raise LabelpropError(f"--leaf-rule must be one of {', '.join(LEAF_RULES)}, got {self.leaf_rule!r}")
-        if self.acceptance not in ACCEPTANCE_RULES:
-            raise LabelpropError(
-                f"--acceptance must be one of {', '.join(ACCEPTANCE_RULES)}, got {self.acceptance!r}")
-        if not (self.risk_masks > 0 and math.isfinite(self.risk_masks)):
-            raise LabelpropError(f"--risk-masks must be a positive number, got {self.risk_masks!r}")
-        if not (0.0 < self.bad_margin < self.ka) or not math.isfinite(self.bad_margin):
-            raise LabelpropError(f"--bad-margin must be in (0, K_a), got {self.bad_margin!r}")
-        if self.max_answers < 0:
-            raise LabelpropError(f"--max-answers must be 0 (10 N_s) or positive, got {self.max_answers}")
-        if self.acceptance == "size-aware" and self.ka >= 1.0:
-            raise LabelpropError("size-aware acceptance needs K_a < 1")
+        validate(SearchParams, self)
 
     # the size-aware test's constants (see judge)
     @property
