@@ -25,7 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None, help="write cProfile stats of the measured pass here")
     args = ap.parse_args()
 
-    from crowd_campaign_helpers import TruthPolicy
+    from tests.crowd_campaign_helpers import TruthPolicy
 
     from orchestrator.crowd_server.testing import start_server
     from orchestrator.poll import poll_once

@@ -38,7 +38,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from orchestrator.synth import make_triplets
 from orchestrator.triplets import save_triplets
-from orchestrator.cli_simulate import run_simulation
+from orchestrator.actions.simulate import run_simulation
 from pathlib import Path
 t = make_triplets({n}, classes={classes}, seed=1)
 save_triplets({path!r}, t)

@@ -12,7 +12,10 @@ import numpy as np
 
 from orchestrator.errors import LabelpropError, check_unit_interval
 
-__all__ = ["SimulatedAnnotators"]
+__all__ = ["SimulatedAnnotators", "SECONDS_PER_QUESTION"]
+
+#: a verification question's mean answer time (the paper: about 1.5 s), for hours in summaries
+SECONDS_PER_QUESTION = 1.5
 
 
 class SimulatedAnnotators:
@@ -32,7 +35,7 @@ class SimulatedAnnotators:
     """
 
     def __init__(self, ious: np.ndarray, kiou: float, error_rate: float = 0.0,
-                 seconds_per_question: float = 1.5, seed: int = 0) -> None:
+                 seconds_per_question: float = SECONDS_PER_QUESTION, seed: int = 0) -> None:
         ious = np.asarray(ious, dtype=np.float64)
         if ious.ndim != 1:
             raise LabelpropError(f"ious must be 1-D, got shape {ious.shape}")

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from orchestrator.errors import LabelpropError
-from orchestrator.search import TREE_STRATEGIES, NodeState, Search, SearchParams
+from orchestrator.search import NodeState, Search, SearchParams
 from orchestrator.store import bulk_update
 
 __all__ = ["CampaignSearch", "AnswerIn"]
@@ -48,10 +48,6 @@ class CampaignSearch:
         self.dir = Path(campaign_dir)
         self.cfg = load_config(self.dir)
         sc = self.cfg.search
-        if sc.strategy not in TREE_STRATEGIES:
-            raise LabelpropError(
-                f"{self.dir / 'campaign.toml'}: [search] strategy {sc.strategy!r} is a simulation baseline; "
-                f"campaigns run a tree search ({', '.join(TREE_STRATEGIES)})")
         self.engine = open_store(self.dir, db)
         with read_session(self.engine) as s:
             quotas = self._quotas(s, sc.class_quotas)

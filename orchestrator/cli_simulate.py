@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from orchestrator.atomic import atomic_write_json, json_safe
+from orchestrator.actions.simulate import DEMO_ERROR_RATE, DEMO_STRATEGIES, run_demo, run_simulation
+from orchestrator.annotators import SECONDS_PER_QUESTION
+from orchestrator.atomic import atomic_write_json
 from orchestrator.errors import LabelpropError
 from clustering.build import ClusterParams as _CP
 from orchestrator.cli_options import flag_names, option
@@ -50,104 +51,6 @@ def _strategies(values: List[str]) -> list[str]:
     return out
 
 
-def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = _SP.ns, ka: float = _SP.ka,
-                   kiou: float = _SP.kiou, kpr: float = _SP.kpr, kpa: float = _SP.kpa, chunk: int = _SP.chunk,
-                   budget_questions: Optional[int] = None, oracle: bool = False, seed: int = 0,
-                   error_rate: float = 0.0, seconds_per_question: float = 1.5,
-                   reward_usd: float = _CM.reward_usd, questions_per_hit: int = _CM.questions_per_hit,
-                   report_at: Optional[List[int]] = None, out_dir: Optional[Path] = None,
-                   score_weight: float = _CP.score_weight, exact_limit: int = _CP.exact_limit,
-                   plots: bool = True,
-                   progress=None, leaf_rule: Optional[str] = None, acceptance: Optional[str] = None,
-                   risk_masks: Optional[float] = None, calibration: Optional[Path] = None,
-                   forest=None) -> dict:
-    """Everything `labelprop simulate` does, as a function returning the JSON object."""
-    from clustering.build import ClusterParams, build_forest
-    from orchestrator.annotators import SimulatedAnnotators
-    from orchestrator.cost import CostModel
-    from orchestrator.results import summarize
-    from orchestrator.search import SearchParams
-    from orchestrator.simulate import final, point, run_strategy
-    from orchestrator.triplets import load_triplets
-
-    from orchestrator.search import TREE_STRATEGIES
-
-    curve = None
-    if calibration is not None:
-        from orchestrator.calibration import load_curve
-        curve = load_curve(calibration).check_for(ka, kiou, str(calibration))
-    d = SearchParams()
-    params = SearchParams(ns=ns, ka=ka, kiou=kiou, kpa=kpa, kpr=kpr, chunk=chunk, oracle=oracle, seed=seed,
-                          leaf_rule=leaf_rule or d.leaf_rule, acceptance=acceptance or d.acceptance,
-                          risk_masks=d.risk_masks if risk_masks is None else risk_masks, curve=curve)
-    if budget_questions is not None and budget_questions < 0:
-        raise LabelpropError(f"--budget-questions must be >= 0, got {budget_questions}")
-    if seconds_per_question <= 0:
-        raise LabelpropError(f"--seconds-per-question must be > 0, got {seconds_per_question}")
-    if oracle and any(s not in TREE_STRATEGIES for s in strategies):
-        raise LabelpropError(f"--oracle applies to the tree searches only ({', '.join(TREE_STRATEGIES)})")
-    t = load_triplets(triplets_path)
-    say = progress or (lambda msg: None)
-    t0 = time.perf_counter()
-    if forest is None:
-        say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
-        forest = build_forest(t.features, t.scores, t.classes,
-                              ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
-    elif forest.n_masks != t.n:
-        raise LabelpropError(f"{triplets_path}: {t.n} masks but the given forest has {forest.n_masks}")
-    cluster_s = time.perf_counter() - t0
-    cost = CostModel(reward_usd=reward_usd, questions_per_hit=questions_per_hit)
-    results = {}
-    for name in strategies:
-        say(f"running {name}")
-        ann = SimulatedAnnotators(t.ious, kiou, error_rate=error_rate,
-                                  seconds_per_question=seconds_per_question, seed=seed)
-        results[name] = run_strategy(name, t, forest, params, ann, budget_questions)
-    runs = []
-    for name, res in results.items():
-        r = final(res)
-        summ = summarize(r, t.ious, kiou, cost.cost(r.questions))
-        summ["strategy"] = name + ("+oracle" if oracle else "")
-        if name == "universal-threshold":
-            summ["k"] = r.extra.get("k")
-        runs.append(summ)
-    # the comparison table (paper Fig. 6b): every strategy at the same question budgets
-    if report_at is None:
-        first_tree = next((runs[i] for i, s in enumerate(strategies) if s in TREE_STRATEGIES), runs[0])
-        report_at = [max(1, first_tree["questions"] // 4)] if len(strategies) > 1 else []
-    compare = []
-    for b in report_at:
-        row = {"budget_questions": int(b)}
-        for name, res in results.items():
-            p = point(res, int(b))
-            row[name] = {"accepted_masks": int(p["accepted_masks"]), "questions": int(p["questions"]),
-                         "mean_iou_accepted": p["mean_iou_accepted"],
-                         "precision_accepted": p["precision_accepted"]}
-        compare.append(row)
-    out = dict(runs[0])
-    out.update({"runs": runs, "compare": compare, "clustering_seconds": round(cluster_s, 3),
-                "params": {"ns": ns, "ka": ka, "kiou": kiou, "kpa": kpa, "kpr": kpr, "chunk": chunk,
-                           "oracle": oracle, "seed": seed, "error_rate": error_rate,
-                           "leaf_rule": params.leaf_rule, "acceptance": params.acceptance,
-                           "risk_masks": params.risk_masks,
-                           "calibration": None if calibration is None else str(calibration),
-                           "seconds_per_question": seconds_per_question, "reward_usd": reward_usd,
-                           "questions_per_hit": questions_per_hit, "budget_questions": budget_questions},
-                "triplets": str(triplets_path)})
-    if plots and out_dir is not None:
-        from orchestrator.plots import curve, plot_fig6, plot_fig8, write_curves_csv
-
-        curves = {name: curve(res) for name, res in results.items()}
-        out_dir = Path(out_dir)
-        title = f"{t.n:,} masks, N_s={ns}, K_a={ka}, K_iou={kiou}, K_pa={kpa}" + (" (oracle)" if oracle else "")
-        out["files"] = {
-            "fig6_png": str(plot_fig6(out_dir / "fig6_search.png", curves, "Fig. 6b: " + title)),
-            "fig8_png": str(plot_fig8(out_dir / "fig8_cost.png", curves, "Fig. 8: " + title)),
-            "curves_csv": str(write_curves_csv(out_dir / "curves.csv", curves)),
-        }
-    return json_safe(out)
-
-
 def simulate(
     triplets: Path = typer.Argument(..., help="Triplets .npz (features, scores, ious, classes).", show_default=False),
     strategy: List[str] = typer.Option([_SP.strategy], "--strategy", "-s",
@@ -163,7 +66,8 @@ def simulate(
     oracle: bool = option(_SP, "oracle"),
     seed: int = option(_SP, "seed", help="Seed for sampling and annotator errors."),
     error_rate: float = typer.Option(0.0, "--error-rate", help="Probability that an annotator answers wrongly."),
-    seconds_per_question: float = typer.Option(1.5, "--seconds-per-question", help="For the hours estimate."),
+    seconds_per_question: float = typer.Option(SECONDS_PER_QUESTION, "--seconds-per-question",
+                                               help="For the hours estimate."),
     reward_usd: float = option(_CM, "reward_usd", "--reward"),
     questions_per_hit: int = option(_CM, "questions_per_hit"),
     report_at: Optional[List[int]] = typer.Option(None, "--report-at", help="Question budgets for the comparison "
@@ -208,8 +112,8 @@ Example:
   labelprop demo --out demo-out
 """
 
-#: compared by `labelprop demo`; the first sets the budget (a quarter of its questions)
-DEMO_STRATEGIES = ("heuristic", "value", "bfs", "dfs", "naive", "universal-threshold", "lsun")
+#: drawing one polygon by hand takes about this long (the paper's comparison)
+POLYGON_SECONDS = 80.0
 
 PAPER = {"masks": 4_268_921, "questions": 245_177, "usd": 980, "hours": 114,
          "speedup_vs_polygons": 830}
@@ -217,60 +121,31 @@ PAPER = {"masks": 4_268_921, "questions": 245_177, "usd": 980, "hours": 114,
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo campaign and plots go (recreated)."),
-    error_rate: float = typer.Option(0.02, "--error-rate", help="Probability that a simulated answer is wrong."),
+    error_rate: float = typer.Option(DEMO_ERROR_RATE, "--error-rate", help="Probability that a simulated answer is "
+                                     "wrong."),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Also compare strategies (plots)."),
 ) -> None:
-    import shutil
+    from orchestrator.cli_display import Progress
 
-    from orchestrator.cli_campaign import cluster_campaign, init_campaign
-    from orchestrator.cli_run import run_simulated
-    from orchestrator.cost import CostModel
-    from orchestrator.export import export_indices
-    from orchestrator.ingest import read_triplet_predictions, write_predictions
-    from orchestrator.store import open_store
-    from orchestrator.synth import DEMO_PATH
-
-    marker = out / ".labelprop-demo"
-    if out.exists():
-        if not marker.exists():
-            raise LabelpropError(f"{out}: exists and was not made by `labelprop demo`; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    marker.write_text("made by labelprop demo; safe to delete\n")
     say = lambda m: typer.secho(f"labelprop demo: {m}", err=True, fg=typer.colors.BRIGHT_BLACK)  # noqa: E731
-    camp = out / "campaign"
-    t0 = time.perf_counter()
-    say(f"campaign in {camp}: init, ingest {DEMO_PATH.name}, cluster")
-    init_campaign(camp, name="demo")
-    write_predictions(open_store(camp), camp, read_triplet_predictions(DEMO_PATH))
-    cluster_campaign(camp)
-    say("searching the trees with simulated annotators (yes iff IoU >= 0.75, "
-        f"{error_rate:.0%} wrong answers)")
-    res = run_simulated(camp, error_rate=error_rate, progress=True)
-    export_indices(open_store(camp), camp, camp / "accepted_indices.npy")
-    cost = CostModel()
-    usd = cost.cost(res["questions"])
-    hours = res["questions"] * 1.5 / 3600
-    sim = None
-    if compare:
-        say("comparing strategies on the same data (paper Fig. 6b and Fig. 8)")
-        sim = run_simulation(DEMO_PATH, list(DEMO_STRATEGIES), error_rate=error_rate, out_dir=out / "plots",
-                             seed=0)
-    wall = time.perf_counter() - t0
+    with Progress(True, simulated=True) as bar:
+        d = run_demo(out, error_rate=error_rate, compare=compare, say=say, show=bar.show)
+    camp, res, cost, usd, hours, sim, wall = (d["campaign"], d["run"], d["cost"], d["usd"], d["hours"],
+                                              d["compare"], d["seconds"])
     mpq = res["accepted_masks"] / max(res["questions"], 1)
-    speedup = (res["accepted_masks"] * 80.0) / max(res["questions"] * 1.5, 1e-9)
+    speedup = (res["accepted_masks"] * POLYGON_SECONDS) / max(res["questions"] * SECONDS_PER_QUESTION, 1e-9)
     lines = [
         "",
         "labelprop demo: a simulated label-propagation campaign",
         f"  masks predicted        {res['masks']:>10,}",
         f"  masks accepted         {res['accepted_masks']:>10,}   "
-        f"(mean IoU {res['mean_iou_accepted']:.3f}, {res['precision_accepted']:.1%} with IoU >= 0.75)",
+        f"(mean IoU {res['mean_iou_accepted']:.3f}, {res['precision_accepted']:.1%} with IoU >= {_SP.kiou})",
         f"  yes/no questions       {res['questions']:>10,}   ({mpq:.1f} masks per question; "
         f"{res['clusters_annotated']:,} clusters annotated)",
         f"  cost                   {'$' + format(usd, ',.2f'):>10}   "
         f"({cost.hits(res['questions'])} HITs of {cost.questions_per_hit} questions at ${cost.reward_usd:.2f} + MTurk fee)",
-        f"  annotation time        {hours:>9.1f}h   (1.5 s per question; drawing polygons at 80 s each: "
-        f"{res['accepted_masks'] * 80 / 3600:,.0f} h, {speedup:,.0f}x more)",
+        f"  annotation time        {hours:>9.1f}h   ({SECONDS_PER_QUESTION:g} s per question; drawing polygons at "
+        f"{POLYGON_SECONDS:g} s each: {res['accepted_masks'] * POLYGON_SECONDS / 3600:,.0f} h, {speedup:,.0f}x more)",
         "",
         f"  the paper (Places, 100 classes): {PAPER['masks']:,} masks from {PAPER['questions']:,} questions "
         f"({PAPER['masks'] / PAPER['questions']:.1f} per question), ${PAPER['usd']}, {PAPER['hours']} h, "

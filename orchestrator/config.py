@@ -19,6 +19,7 @@ from pathlib import Path
 import tomli_w
 
 from clustering.twolevel import DEFAULT_PART_SIZE, DEFAULT_REPS
+from orchestrator.annotators import SECONDS_PER_QUESTION
 from orchestrator.atomic import atomic_write_text
 from clustering.build import ClusterParams as _CP
 from orchestrator.cost import CostModel as _CM
@@ -119,7 +120,7 @@ class SimulatedSection:
     """The simulated crowd of ``backend = "simulated"`` (see orchestrator/crowd/backends/simulated.py)."""
     workers: str = ""                  # e.g. "ann:accuracy=0.95;bob:spammer"; empty: one worker
     error_rate: float = 0.0            # the one worker's probability of a wrong answer
-    seconds_per_question: float = 1.5
+    seconds_per_question: float = SECONDS_PER_QUESTION
 
 
 @dataclass

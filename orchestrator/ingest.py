@@ -33,7 +33,7 @@ from orchestrator.store import (Answer, ArrayFile, Category, Image, Mask, Meta, 
                                 bulk_insert, count_rows, log_event, transaction)
 
 __all__ = ["Predictions", "read_predictions", "read_triplet_predictions", "write_predictions",
-           "rle_counts_from_string", "validate_rle"]
+           "rle_counts_from_string", "validate_rle", "load_json", "read_images"]
 
 
 @dataclass(eq=False)
@@ -135,7 +135,7 @@ def validate_rle(seg, where: str) -> tuple[dict, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------ readers
-def _load_json(path: Path, what: str):
+def load_json(path: Path, what: str):
     if not path.is_file():
         raise LabelpropError(f"{path}: no such file ({what})")
     try:
@@ -153,8 +153,8 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _read_images(path: Path) -> tuple[list[dict], list[dict] | None]:
-    data = _load_json(path, "COCO images JSON")
+def read_images(path: Path) -> tuple[list[dict], list[dict] | None]:
+    data = load_json(path, "COCO images JSON")
     if isinstance(data, dict):
         if "images" not in data:
             raise LabelpropError(f"{path}: a COCO dataset dict needs an 'images' list")
@@ -232,7 +232,7 @@ def read_predictions(results: str | os.PathLike, features: str | os.PathLike,
                      images: str | os.PathLike, image_root: str | os.PathLike) -> Predictions:
     """Read and validate COCO predictions; raise a one-line LabelpropError on any problem."""
     results, features, images, image_root = map(Path, (results, features, images, image_root))
-    imgs, cats = _read_images(images)
+    imgs, cats = read_images(images)
     by_id = {im["id"]: im for im in imgs}
     if not image_root.is_dir():
         raise LabelpropError(f"{image_root}: image root is not a directory")
@@ -240,7 +240,7 @@ def read_predictions(results: str | os.PathLike, features: str | os.PathLike,
         if not (image_root / im["file_name"]).is_file():
             raise LabelpropError(f"{image_root / im['file_name']}: image file not found (image id "
                                  f"{im['id']} of {images})")
-    res = _load_json(results, "COCO results JSON")
+    res = load_json(results, "COCO results JSON")
     if not isinstance(res, list):
         raise LabelpropError(f"{results}: expected a list of COCO results")
     if not res:

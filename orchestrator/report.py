@@ -33,7 +33,7 @@ THUMB_PX = 112
 
 def report_data(campaign_dir, db: str | None = None) -> dict:
     from orchestrator.arrays import load_forest
-    from orchestrator.cli_campaign import campaign_status
+    from orchestrator.actions.campaign import campaign_status
     from orchestrator.crowd_store import CrowdAnswer, CrowdAssignment
     from orchestrator.store import Event, Mask, open_store, read_session
 

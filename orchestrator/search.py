@@ -382,6 +382,7 @@ class _Order:
     """
 
     name = ""
+    compare_rank: int | None = None   # place in `labelprop demo`'s comparison (None: not compared)
     static = True
     base: array | None = None       # per-node high bits of the key (None: all zero)
     lifo = False
@@ -412,6 +413,7 @@ class HeuristicOrder(_Order):
     """Highest cluster score S first, ties first in first out (the paper's choice)."""
 
     name = "heuristic"
+    compare_rank = 0
 
     def __init__(self, search: "Search") -> None:
         super().__init__(search)
@@ -435,12 +437,14 @@ class BfsOrder(_Order):
     """First in, first out: breadth-first."""
 
     name = "bfs"
+    compare_rank = 2
 
 
 class DfsOrder(_Order):
     """Last in, first out; a split node's children in a seeded random order."""
 
     name = "dfs"
+    compare_rank = 3
     lifo = True
 
     def __init__(self, search: "Search") -> None:
@@ -499,6 +503,7 @@ class ValueOrder(_Order):
     """
 
     name = "value"
+    compare_rank = 1
     static = False
     lookahead = True
 
@@ -591,6 +596,7 @@ class ValueSimpleOrder(ValueOrder):
     """:class:`ValueOrder` without the look-ahead: ``P_h(S) n / c`` alone."""
 
     name = "value-simple"
+    compare_rank = None
     lookahead = False
 
 

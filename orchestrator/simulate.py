@@ -6,14 +6,18 @@ does (ask, answer, record), one node at a time as in Algorithm 1; the baselines
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Callable
+
 import numpy as np
 
 from clustering.tree import Forest
 from orchestrator.errors import LabelpropError
 from orchestrator.results import RunResult, TraceRecorder
-from orchestrator.search import BASELINES, STRATEGIES, TREE_STRATEGIES, NodeState, Search, SearchParams
+from orchestrator.search import ORDERS, STRATEGIES, NodeState, Search, SearchParams
 
-__all__ = ["run_tree_search", "run_strategy", "point", "final", "BASELINE_RUNNERS"]
+__all__ = ["run_tree_search", "run_strategy", "point", "final", "Strategy", "REGISTRY", "BASELINE_RUNNERS",
+           "DEMO_STRATEGIES"]
 
 
 def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.ndarray,
@@ -67,6 +71,27 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
 
 
 # ------------------------------------------------------------------ all strategies
+@dataclass(frozen=True)
+class Strategy:
+    """One named strategy of ``labelprop simulate``: ``run(triplets, forest, params, annotators,
+    budget_questions, sweep_points)`` returns a :class:`RunResult` (a tree search) or a list of
+    them (a sweep: ``universal-threshold``, one run per number of flat clusters k).
+    ``compare_rank``: its place in the demo's comparison (None: not compared there)."""
+
+    name: str
+    run: Callable
+    tree: bool = False
+    sweep: bool = False
+    compare_rank: int | None = None
+
+
+def _tree(name: str):
+    def run(triplets, forest, params, annotators, budget_questions, sweep_points):
+        return run_tree_search(forest, replace(params, strategy=name), annotators, triplets.ious,
+                               budget_questions, annotators.seconds_per_question)
+    return run
+
+
 def _naive(triplets, forest, params, annotators, budget_questions, sweep_points):
     from orchestrator import baselines
     return baselines.run_naive(triplets.scores, triplets.ious, triplets.classes, annotators,
@@ -87,27 +112,34 @@ def _lsun(triplets, forest, params, annotators, budget_questions, sweep_points):
                               seed=params.seed)
 
 
-#: the simulation baselines by name (the tree searches are :data:`orchestrator.search.ORDERS`)
-BASELINE_RUNNERS = {"universal-threshold": _universal, "naive": _naive, "lsun": _lsun}
-assert tuple(BASELINE_RUNNERS) == BASELINES
+#: every strategy by name: the tree searches (one per :data:`orchestrator.search.ORDERS` entry,
+#: ranked by the order's ``compare_rank``) and the simulation baselines
+#: (:mod:`orchestrator.baselines`)
+REGISTRY: dict[str, Strategy] = {
+    **{name: Strategy(name, _tree(name), tree=True, compare_rank=order.compare_rank)
+       for name, order in ORDERS.items()},
+    "universal-threshold": Strategy("universal-threshold", _universal, sweep=True, compare_rank=5),
+    "naive": Strategy("naive", _naive, compare_rank=4),
+    "lsun": Strategy("lsun", _lsun, compare_rank=6),
+}
+assert tuple(REGISTRY) == STRATEGIES
+BASELINE_RUNNERS = {name: s.run for name, s in REGISTRY.items() if not s.tree}
+#: compared by `labelprop demo`, in this order; the first sets the budget (a quarter of its questions)
+DEMO_STRATEGIES = tuple(sorted((s.name for s in REGISTRY.values() if s.compare_rank is not None),
+                               key=lambda n: REGISTRY[n].compare_rank))
 
 
 def run_strategy(name: str, triplets, forest: Forest, params: SearchParams, annotators,
                  budget_questions: int | None = None, sweep_points: int = 12):
-    """Run one named strategy (see :data:`orchestrator.search.STRATEGIES`).
+    """Run one named strategy (see :data:`REGISTRY`).
 
     Tree searches return a :class:`RunResult`; ``universal-threshold`` returns the list of
     its sweep runs (one per number of flat clusters k).
     """
-    from dataclasses import replace
-
-    if name in TREE_STRATEGIES:
-        return run_tree_search(forest, replace(params, strategy=name), annotators, triplets.ious,
-                               budget_questions, annotators.seconds_per_question)
-    runner = BASELINE_RUNNERS.get(name)
-    if runner is None:
+    strategy = REGISTRY.get(name)
+    if strategy is None:
         raise LabelpropError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    return runner(triplets, forest, params, annotators, budget_questions, sweep_points)
+    return strategy.run(triplets, forest, params, annotators, budget_questions, sweep_points)
 
 
 def point(result, budget: int | None) -> dict:

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from orchestrator.config import load_config, save_config
+from orchestrator.crowd_server.simulated_workers import true_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELPROP = [sys.executable, "-m", "orchestrator.cli"]
@@ -71,8 +72,7 @@ def crowd_server_in(base: Path, **kw):
 
 def coco_with_iou(root: Path, **kw):
     """A synthetic COCO set whose results JSON carries each prediction's true IoU."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from cocodata import make_coco_dataset
+    from tests.cocodata import make_coco_dataset
 
     ds = make_coco_dataset(root, **kw)
     for r, q in zip(ds.results, ds.pred_iou.tolist()):
@@ -92,8 +92,8 @@ def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str = "", assets
     ds = coco_with_iou(data / "preds", n_images=n_images, n_categories=3, objects_per_image=(1, 3),
                        preds_per_object=3, seed=data_seed)
     camp = base / name
-    from orchestrator.cli_campaign import cluster_campaign, init_campaign
-    from orchestrator.cli_crowd import add_gold
+    from orchestrator.actions.campaign import cluster_campaign, init_campaign
+    from orchestrator.actions.gold import add_gold
     from orchestrator.ingest import read_predictions, write_predictions
     from orchestrator.store import open_store
 
@@ -160,12 +160,10 @@ class TruthPolicy:
             if row is None:
                 row2 = self._query(d, self._GOLD, ident)
                 if row2 is not None:
-                    return "yes" if row2[0] else "no"
+                    return true_answer(None, kiou, row2[0])
                 continue
             iou, label = row
-            if label is not None:
-                return "yes" if label else "no"
-            return "yes" if iou >= kiou else "no"
+            return true_answer(iou, kiou, label)      # the simulated crowds' own rule
         return None
 
     def __call__(self, task):

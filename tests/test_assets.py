@@ -16,12 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-try:
-    from cocodata import encode_rle, make_coco_dataset, uncompressed_rle
-    from conftest_crowd import run_cli
-except ImportError:
-    from tests.cocodata import encode_rle, make_coco_dataset, uncompressed_rle
-    from tests.conftest_crowd import run_cli
+from tests.cocodata import encode_rle, make_coco_dataset, uncompressed_rle
+from tests.crowd_server_support import run_cli
 
 from orchestrator.assets import (S3_CORS_RULES, LocalAssetStore, OverlayItem, PublishStats, S3AssetStore,
                                  asset_store_from_config, publish_overlays, render_overlay, render_overlay_array)

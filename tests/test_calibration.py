@@ -218,7 +218,7 @@ def test_campaign_value_search_reads_its_calibration(held_out, tmp_path):
     from orchestrator.config import default_config, load_config, save_config
     from orchestrator.ingest import read_triplet_predictions, write_predictions
     from orchestrator.store import open_store
-    from orchestrator.cli_campaign import cluster_campaign, init_campaign
+    from orchestrator.actions.campaign import cluster_campaign, init_campaign
     from clustering.build import build_forest
 
     p, t = held_out

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from cli_helpers import run_cli
+from tests.cli_helpers import run_cli
 from clustering.build import ClusterParams, build_forest
 from orchestrator.arrays import load_forest, sha256_file
-from orchestrator.cli_campaign import build_forest_parallel
+from orchestrator.actions.campaign import build_forest_parallel
 from orchestrator.config import (default_config, dumps_config, load_config, resolve_store_url,
                                  save_config)
 from orchestrator.errors import LabelpropError

@@ -19,12 +19,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, cli, crowd_server_in, lp,  # noqa: E402
+from tests.crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, cli,  # noqa: E402
                                     make_crowd_campaign)
 
 from orchestrator.config import load_config, save_config  # noqa: E402
@@ -35,14 +33,6 @@ SMALL = dict(n_images=8, gold_images=8, data_seed=9,
              crowd={"questions_per_hit": 4, "gold_per_hit": 2, "max_hits_in_flight": 2},
              qualification={"enabled": False, "min_gold_answers": 1},
              search={"kpa": 0.3, "ns": 6})
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("issue10")
-    srv, assets = crowd_server_in(base)
-    yield srv, base, assets
-    srv.stop()
 
 
 def _db(camp):

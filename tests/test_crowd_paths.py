@@ -14,14 +14,12 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, cli, crowd_server_in, make_crowd_campaign  # noqa: E402
+from tests.crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, cli, crowd_server_in, make_crowd_campaign  # noqa: E402
 
 from orchestrator.poll import poll_once  # noqa: E402
 

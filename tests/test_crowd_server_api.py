@@ -8,12 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-try:
-    from conftest_crowd import (answer_key, classic_form_page, crowd, crowd_form_page, html_question,  # noqa: F401
-                                no_botocore_warnings, parse_answers, question_form)
-except ImportError:  # tests/ made a package
-    from tests.conftest_crowd import (answer_key, classic_form_page, crowd, crowd_form_page,  # noqa: F401
-                                      html_question, no_botocore_warnings, parse_answers, question_form)
+from tests.crowd_server_support import (answer_key, classic_form_page, crowd_form_page, html_question, parse_answers, question_form)
 
 pytestmark = pytest.mark.usefixtures("no_botocore_warnings")
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
-try:
-    from conftest_crowd import CHROMIUM_ARGS, chromium_path, crowd, html_question, parse_answers, worker_page  # noqa: F401
-except ImportError:
-    from tests.conftest_crowd import CHROMIUM_ARGS, chromium_path, crowd, html_question, parse_answers, worker_page  # noqa: F401
+from tests.crowd_server_support import html_question, parse_answers, worker_page
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -46,15 +42,6 @@ TASK = """<!DOCTYPE html>
   });
 </script>
 </body></html>"""
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def test_worker_answers_crowd_form_hit_with_keyboard(crowd, browser):

@@ -15,10 +15,7 @@ import urllib.request
 
 import pytest
 
-try:
-    from conftest_crowd import REPO, run_cli, start_crowd, wait_until
-except ImportError:
-    from tests.conftest_crowd import REPO, run_cli, start_crowd, wait_until
+from tests.crowd_server_support import REPO, run_cli, start_crowd, wait_until
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -17,10 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-try:
-    from conftest_crowd import html_question, signed_api_headers, start_crowd
-except ImportError:
-    from tests.conftest_crowd import html_question, signed_api_headers, start_crowd
+from tests.crowd_server_support import html_question, signed_api_headers, start_crowd
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))

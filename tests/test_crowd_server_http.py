@@ -12,10 +12,7 @@ import time
 
 import pytest
 
-try:
-    from conftest_crowd import start_crowd, wait_until
-except ImportError:
-    from tests.conftest_crowd import start_crowd, wait_until
+from tests.crowd_server_support import start_crowd, wait_until
 
 MAX_CONNECTIONS = 70
 

@@ -9,10 +9,7 @@ import time
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-try:
-    from conftest_crowd import crowd_form_page, html_question, start_crowd, wait_until
-except ImportError:
-    from tests.conftest_crowd import crowd_form_page, html_question, start_crowd, wait_until
+from tests.crowd_server_support import crowd_form_page, html_question, start_crowd, wait_until
 
 N_TOKENS = 400
 N_THREADS = 4

@@ -8,16 +8,8 @@ import json
 import urllib.error
 import urllib.request
 
-import pytest
 
-try:
-    from conftest_crowd import (CHROMIUM_ARGS, answer_key, chromium_path, crowd, html_question,  # noqa: F401
-                                question_form, wait_until, worker_page)
-    from test_crowd_server_browser import browser  # noqa: F401
-except ImportError:
-    from tests.conftest_crowd import (CHROMIUM_ARGS, answer_key, chromium_path, crowd, html_question,  # noqa: F401
-                                      question_form, wait_until, worker_page)
-    from tests.test_crowd_server_browser import browser  # noqa: F401
+from tests.crowd_server_support import (html_question, question_form, wait_until, worker_page)
 
 ATTACK = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>Please answer.</p>
 <script>

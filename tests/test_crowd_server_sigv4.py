@@ -15,10 +15,6 @@ from botocore.exceptions import ClientError
 from orchestrator.crowd_server.api_errors import AuthError
 from orchestrator.crowd_server.sigv4 import verify
 
-try:
-    from conftest_crowd import crowd  # noqa: F401
-except ImportError:
-    from tests.conftest_crowd import crowd  # noqa: F401
 
 AKID, SECRET = "AKIATESTTESTTESTTEST", "s3cr3t/s3cr3t+s3cr3t/s3cr3t+s3cr3t/abcd"
 

@@ -17,12 +17,7 @@ import urllib.request
 
 import pytest
 
-try:
-    from conftest_crowd import CHROMIUM_ARGS, chromium_path, run_cli, start_crowd, worker_page  # noqa: F401
-    from test_crowd_server_browser import browser  # noqa: F401
-except ImportError:
-    from tests.conftest_crowd import CHROMIUM_ARGS, chromium_path, run_cli, start_crowd, worker_page  # noqa: F401
-    from tests.test_crowd_server_browser import browser  # noqa: F401
+from tests.crowd_server_support import run_cli, start_crowd
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-try:
-    from conftest_crowd import api_call_raw, crowd, no_botocore_warnings  # noqa: F401
-except ImportError:
-    from tests.conftest_crowd import api_call_raw, crowd, no_botocore_warnings  # noqa: F401
+from tests.crowd_server_support import api_call_raw
 
 LOCALE = "00000000000000000071"
 APPROVED = "000000000000000000L0"

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from conftest_crowd import (answer_key, classic_form_page, crowd, crowd_form_page, html_question,  # noqa: F401
-                                parse_answers, question_form, start_crowd, wait_until)
-    from crowd_server_helpers import TRUTH, truth_policy
-except ImportError:
-    from tests.conftest_crowd import (answer_key, classic_form_page, crowd, crowd_form_page,  # noqa: F401
-                                      html_question, parse_answers, question_form, start_crowd, wait_until)
-    from tests.crowd_server_helpers import TRUTH, truth_policy
+from tests.crowd_server_support import (answer_key, classic_form_page, crowd_form_page, html_question, parse_answers, question_form, start_crowd, wait_until)
+from tests.crowd_server_helpers import TRUTH, truth_policy
 
 from orchestrator.crowd_server.simulated_workers import WorkerProfile
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from cli_helpers import run_cli
-from cocodata import decode_rle, make_coco_dataset
+from tests.cli_helpers import run_cli
+from tests.cocodata import decode_rle, make_coco_dataset
 from orchestrator.arrays import load_forest
 from orchestrator.search import NodeState
 from orchestrator.store import Node, bulk_insert, open_store, read_session, transaction

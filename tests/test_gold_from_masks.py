@@ -8,14 +8,11 @@ refused with a one-line error and writes nothing.
 """
 import json
 import sqlite3
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import TruthPolicy, crowd_server_in, lp, make_crowd_campaign  # noqa: E402
+from tests.crowd_campaign_helpers import TruthPolicy, crowd_server_in, lp, make_crowd_campaign  # noqa: E402
 
 from orchestrator.arrays import load_forest  # noqa: E402
 from orchestrator.store import open_store, read_session  # noqa: E402
@@ -118,7 +115,7 @@ def test_from_masks_needs_masks_with_a_known_iou_and_an_image(tmp_path):
 def test_trees_are_rebuilt_with_the_parameters_they_were_built_with(tmp_path):
     from clustering.build import build_forest
     from orchestrator.arrays import load_array
-    from orchestrator.cli_campaign import resolve_cluster_params
+    from orchestrator.actions.campaign import resolve_cluster_params
     from orchestrator.config import load_config
 
     (tmp_path / "assets").mkdir()

@@ -14,14 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-try:
-    from cocodata import encode_rle, make_coco_dataset
-    from conftest_crowd import chromium_path, start_crowd, worker_page  # noqa: F401
-    from test_crowd_server_browser import browser  # noqa: F401  (the shared Playwright browser fixture)
-except ImportError:
-    from tests.cocodata import encode_rle, make_coco_dataset
-    from tests.conftest_crowd import chromium_path, start_crowd, worker_page  # noqa: F401
-    from tests.test_crowd_server_browser import browser  # noqa: F401
+from tests.cocodata import encode_rle, make_coco_dataset
+from tests.crowd_server_support import start_crowd, worker_page
 
 from hit_templates.render import HitQuestion, parse_verification_answer, parse_verification_seconds, \
     render_verification_question

@@ -9,10 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-try:
-    from conftest_crowd import crowd, wait_until  # noqa: F401
-except ImportError:
-    from tests.conftest_crowd import crowd, wait_until  # noqa: F401
+from tests.crowd_server_support import wait_until
 
 from hit_templates.render import (ANSWER_KEY_NS, DEFAULT_INSTRUCTIONS, HTML_QUESTION_NS, QUESTION_FORM_NS,
                                   HitQuestion, InstructionExample, InstructionSet, max_questions_per_hit,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from cli_helpers import run_cli
-from cocodata import decode_rle, make_coco_dataset
+from tests.cli_helpers import run_cli
+from tests.cocodata import decode_rle, make_coco_dataset
 from orchestrator.arrays import sha256_file
 from orchestrator.ingest import rle_counts_from_string
 from orchestrator.store import (ArrayFile, Category, Event, Image, Mask, count_rows, open_store,
@@ -172,7 +172,7 @@ def _size_mismatch(ds):
         seg = r[2]["segmentation"]
         h, w = seg["size"]
         m = decode_rle(seg)
-        from cocodata import encode_rle
+        from tests.cocodata import encode_rle
         r[2]["segmentation"] = encode_rle(np.ascontiguousarray(m.T))   # w x h now
     _edit_results(ds, edit)
     return "results.json: result 2", "differs from image"
@@ -231,7 +231,7 @@ def test_bad_triplets_and_missing_options(camp, tmp_path):
 
 
 def test_rle_string_decoder_matches_pycocotools():
-    from cocodata import encode_rle, uncompressed_rle
+    from tests.cocodata import encode_rle, uncompressed_rle
     rng = np.random.default_rng(3)
     for t in range(60):
         h, w = rng.integers(1, 40, size=2)

@@ -19,15 +19,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, coco_with_iou, lp  # noqa: E402
+from tests.crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, coco_with_iou, lp  # noqa: E402
 
-try:
-    from conftest_crowd import chromium_path, worker_page  # noqa: F401
-    from test_crowd_server_browser import browser  # noqa: F401  (the shared Playwright browser fixture)
-except ImportError:
-    from tests.conftest_crowd import chromium_path, worker_page  # noqa: F401
-    from tests.test_crowd_server_browser import browser  # noqa: F401
+from tests.crowd_server_support import worker_page
 
 from orchestrator.crowd_server.testing import start_server  # noqa: E402
 

@@ -10,16 +10,13 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
+from tests.crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, lp,  # noqa: E402
                                     make_crowd_campaign)
 
 
@@ -29,14 +26,6 @@ SMALL = dict(n_images=40, gold_images=8, data_seed=5,
              crowd={"questions_per_hit": 3, "gold_per_hit": 2, "max_hits_in_flight": 1},
              qualification={"enabled": False, "min_gold_answers": 2, "min_percent_approved": 0},
              search={"kpa": 0.3, "ns": 6})
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("crash")
-    srv, assets = crowd_server_in(base)
-    yield srv, base, assets
-    srv.stop()
 
 
 def _env(srv):

@@ -20,14 +20,11 @@ import json
 import math
 import re
 import sqlite3
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import cli, make_crowd_campaign  # noqa: E402
+from tests.crowd_campaign_helpers import cli, make_crowd_campaign  # noqa: E402
 
 WORKERS = "good1:accuracy=1;good2:accuracy=0.95;spam:spammer;bad:accuracy=0.1"
 
@@ -40,8 +37,8 @@ def sim(tmp_path_factory):
         crowd={"questions_per_hit": 10, "gold_per_hit": 6, "max_hits_in_flight": 8, "budget_usd": 25.0},
         qualification={"enabled": False, "min_gold_answers": 12, "gold_min_accuracy": 0.8, "reject_below": 0.5},
         search={"kpa": 0.3, "ns": 8})
-    from orchestrator.cli_campaign import campaign_status
-    from orchestrator.cli_estimate import estimate_data
+    from orchestrator.actions.campaign import campaign_status
+    from orchestrator.actions.estimate import estimate_data
     from orchestrator.report import write_report
 
     est = estimate_data(camp)
@@ -152,7 +149,7 @@ def test_estimate_before_posting_gives_questions_hits_cost_and_hours(sim):
     assert est["within_budget"] is (est["cost_usd"] <= 25.0)
     assert f"{est['questions']:,}" in sim["dry"] and "HITs" in sim["dry"] and "$" in sim["dry"]
     # the finished campaign has nothing left to ask
-    from orchestrator.cli_estimate import estimate_data
+    from orchestrator.actions.estimate import estimate_data
 
     done = estimate_data(sim["camp"])
     assert done["questions"] == 0 and done["already_asked"] == out["questions"] and done["cost_usd"] == 0
@@ -164,7 +161,7 @@ def test_a_bonus_is_recorded_within_the_budget_and_paid_once(sim):
     wid, aid = con.execute("select worker_id, assignment_id from crowd_assignment where final_status='Approved' "
                            "and worker_id='sim-good1' limit 1").fetchone()
     con.close()
-    from orchestrator.cli_campaign import campaign_status
+    from orchestrator.actions.campaign import campaign_status
     from orchestrator.config import load_config
     from orchestrator.crowd.ledger import MTURK_FEES
     from orchestrator.errors import LabelpropError

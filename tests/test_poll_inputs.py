@@ -5,14 +5,10 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
+from tests.crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, lp,  # noqa: E402
                                     make_crowd_campaign)
 
 from orchestrator.crowd_server.simulated_workers import WorkerSession, describe_html  # noqa: E402
@@ -22,14 +18,6 @@ SMALL = dict(n_images=10, gold_images=8, data_seed=9,
              crowd={"questions_per_hit": 4, "gold_per_hit": 2, "max_hits_in_flight": 4},
              qualification={"enabled": False, "min_gold_answers": 1, "min_percent_approved": 0},
              search={"kpa": 0.3, "ns": 6})
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("inputs")
-    srv, assets = crowd_server_in(base)
-    yield srv, base, assets
-    srv.stop()
 
 
 def test_two_polls_started_together_exactly_one_works(server):

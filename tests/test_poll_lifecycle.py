@@ -13,14 +13,12 @@
 """
 import os
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import TruthPolicy, crowd_server_in, make_crowd_campaign  # noqa: E402
+from tests.crowd_campaign_helpers import TruthPolicy, crowd_server_in, make_crowd_campaign  # noqa: E402
 
 from orchestrator.cost import assignment_cost  # noqa: E402
 from orchestrator.poll import poll_once  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.cli_simulate import run_simulation
+from orchestrator.actions.simulate import run_simulation
 from orchestrator.synth import DEMO_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,8 @@ def test_value_order_spends_a_quarter_budget_better(tmp_path):
 
 
 def test_all_strategies_and_the_demo_include_value():
-    from orchestrator.cli_simulate import DEMO_STRATEGIES, _strategies
+    from orchestrator.cli_simulate import _strategies
+    from orchestrator.simulate import DEMO_STRATEGIES
     from orchestrator.search import SearchParams
 
     every = _strategies(["all"])

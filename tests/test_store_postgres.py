@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
+from tests.crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_server_in, lp,  # noqa: E402
                                     make_crowd_campaign)
-from pg_server import start_postgres  # noqa: E402
+from tests.pg_server import start_postgres  # noqa: E402
 
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.poll import campaign_lock  # noqa: E402

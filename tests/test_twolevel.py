@@ -13,7 +13,7 @@ from clustering.memory import (default_exact_limit, exact_bytes, max_exact_n, pl
 from clustering.tree import Forest
 from clustering.twolevel import (assemble, atom_threshold, cut_atoms, part_trees, partition,
                                  two_level_linkage)
-from orchestrator.cli_campaign import build_forest_parallel
+from orchestrator.actions.campaign import build_forest_parallel
 from orchestrator.synth import make_triplets
 
 

@@ -9,10 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-try:
-    from conftest_crowd import answer_key, crowd_form_page, html_question, question_form, start_crowd
-except ImportError:
-    from tests.conftest_crowd import answer_key, crowd_form_page, html_question, question_form, start_crowd
+from tests.crowd_server_support import answer_key, crowd_form_page, html_question, question_form, start_crowd
 
 NAV = ('href="/work"', 'href="/qualifications"', 'href="/signout"')
 

@@ -63,6 +63,39 @@ class WorkerProfile:
     tests: bool = True
 
 
+# ---------------------------------------------------------------- the answer policy
+# One policy for every simulated crowd: the in-process ``simulated`` backend
+# (orchestrator/crowd/backends/simulated.py), these HTTP workers and the tests' truth policies.
+# Each caller brings its own random draws (seeded its own way); the rules are here.
+
+def true_answer(iou: float | None, kiou: float, gold_label: int | None = None) -> str:
+    """The true answer to "does this mask outline the object?": a gold item's known label,
+    else yes iff the mask's IoU >= ``kiou``."""
+    if gold_label is not None:
+        return "yes" if gold_label else "no"
+    return "yes" if iou >= kiou else "no"
+
+
+def answers_wrongly(profile: WorkerProfile, draw: float) -> bool:
+    """Whether a worker with ``profile`` gets an answer wrong, given a uniform draw in [0, 1)."""
+    return draw >= profile.accuracy
+
+
+def spam_answer(profile: WorkerProfile, draw: float, choices=("yes", "no")) -> str:
+    """A spammer's answer: its fixed ``spam_answer``, else one of ``choices`` by a uniform draw."""
+    if profile.spam_answer:
+        return profile.spam_answer
+    return choices[min(int(draw * len(choices)), len(choices) - 1)]
+
+
+def worker_answer(truth: str, profile: WorkerProfile, *, wrong: bool, spam_draw: float) -> str:
+    """A yes/no answer of a worker: a spammer's (:func:`spam_answer`), else ``truth``, flipped
+    when ``wrong`` (drawn with :func:`answers_wrongly`, or fixed flips)."""
+    if profile.spammer:
+        return spam_answer(profile, spam_draw)
+    return YES_NO[truth] if wrong else truth
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on", ""):
         return True
@@ -273,7 +306,7 @@ def apply_profile(task: SimTask, answers: Mapping[str, Any] | None, rng: random.
         return None
     out = {}
     for k, v in answers.items():
-        out[k] = _wrong(v, by_name.get(k), rng) if rng.random() >= p.accuracy else v
+        out[k] = _wrong(v, by_name.get(k), rng) if answers_wrongly(p, rng.random()) else v
     return out
 
 

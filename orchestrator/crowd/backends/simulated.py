@@ -252,23 +252,25 @@ class SimulatedBackend:
         return float(np.random.default_rng([self.seed, widx, kind, int(key)]).random())
 
     def _answer(self, widx: int, p, mask_id, gold_id) -> str:
+        """Worker ``widx``'s answer (the shared policy of the simulated crowds, drawn from
+        (campaign seed, worker, item))."""
+        from orchestrator.crowd_server.simulated_workers import answers_wrongly, true_answer, worker_answer
+
         if gold_id is not None:
-            truth, kind, key = bool(self.gold.get(int(gold_id), 0)), 1, int(gold_id)
+            truth, kind, key = true_answer(None, self.kiou, self.gold.get(int(gold_id), 0)), 1, int(gold_id)
         else:
             iou = self.ious[int(mask_id)] if 0 <= int(mask_id) < self.ious.shape[0] else np.nan
             if np.isnan(iou):
                 raise LabelpropError(f"the simulated crowd needs ground-truth IoUs, but mask {mask_id} has none "
                                      f"(ingest triplets with `ious`, or predictions with an 'iou' field)")
-            truth, kind, key = bool(iou >= self.kiou), 0, int(mask_id)
+            truth, kind, key = true_answer(float(iou), self.kiou), 0, int(mask_id)
         if p.spammer:
-            if p.spam_answer:
-                return p.spam_answer
-            return "yes" if self._u(widx, 2 + kind, key) < 0.5 else "no"
+            return worker_answer(truth, p, wrong=False, spam_draw=0.0 if p.spam_answer else self._u(widx, 2 + kind, key))
         if self.flips is not None and gold_id is None:
             wrong = bool(self.flips[key])
         else:
-            wrong = self._u(widx, kind, key) >= p.accuracy
-        return "yes" if truth != wrong else "no"
+            wrong = answers_wrongly(p, self._u(widx, kind, key))
+        return worker_answer(truth, p, wrong=wrong, spam_draw=0.0)
 
     def _work(self) -> None:
         """Every open HIT is taken by the next eligible workers (one transaction), or expires."""

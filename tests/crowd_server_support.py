@@ -1,4 +1,6 @@
-"""Fixtures and helpers for the crowd server tests (imported by tests/test_crowd_server_*.py).
+"""Helpers for the crowd server tests: the running-server wrapper (:class:`Crowd`), question
+builders, the shared Answer-XML reader and raw signed requests.  The fixtures built on them
+(``crowd``, ``no_botocore_warnings``, ``chromium_path``, ``browser``) are in tests/conftest.py.
 
 The server always runs as a real subprocess on a free port; the requester side is
 driven only through boto3.  Every boto3 response is also checked, at the wire level,
@@ -12,10 +14,8 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import pytest
 
 from orchestrator.crowd_server.simulated_workers import WorkerSession
 from orchestrator.crowd_server.testing import CrowdServer, start_server
@@ -154,30 +154,6 @@ def start_crowd(tmp: Path, extra_args=(), env_extra: dict | None = None) -> Crow
     return Crowd(srv, offset_file)
 
 
-@pytest.fixture(scope="module")
-def crowd(tmp_path_factory):
-    c = start_crowd(tmp_path_factory.mktemp("crowd"))
-    try:
-        yield c
-    finally:
-        status = c.srv.stop()
-        assert status == 0, f"server did not shut down cleanly (status {status}); log {c.srv.log_path}"
-    assert c.all_wire_errors() == [], c.all_wire_errors()
-
-
-@pytest.fixture
-def no_botocore_warnings(caplog):
-    """Fail if botocore warns (Python warnings or WARNING log records) during the test."""
-    import logging
-    caplog.set_level(logging.WARNING, logger="botocore")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    botocore_warnings = [w for w in caught if "botocore" in str(w.filename) or "boto3" in str(w.filename)]
-    assert botocore_warnings == [], [str(w.message) for w in botocore_warnings]
-    assert [r for r in caplog.records if r.name.startswith("botocore")] == []
-
-
 # ---------------------------------------------------------------- question builders
 
 def html_question(html: str, frame_height: int = 0) -> str:
@@ -223,20 +199,11 @@ def answer_key(correct: dict[str, str], percentage_of: int | None = None) -> str
 
 
 def parse_answers(answer_xml: str) -> dict:
-    """QuestionFormAnswers -> {QuestionIdentifier: FreeText or [SelectionIdentifier]} with xmltodict."""
-    import xmltodict
-    doc = xmltodict.parse(answer_xml)["QuestionFormAnswers"]
-    answers = doc.get("Answer", [])
-    if isinstance(answers, dict):
-        answers = [answers]
-    out = {}
-    for a in answers:
-        if "SelectionIdentifier" in a:
-            sel = a["SelectionIdentifier"]
-            out[a["QuestionIdentifier"]] = sel if isinstance(sel, list) else [sel]
-        else:
-            out[a["QuestionIdentifier"]] = a.get("FreeText") or ""
-    return out
+    """QuestionFormAnswers -> {QuestionIdentifier: FreeText or [SelectionIdentifier]}, read by
+    the one Answer-XML parser the orchestrator uses (hit_templates.render, xmltodict)."""
+    from hit_templates.render import parse_question_form_answers
+
+    return {qid: value for qid, _kind, value in parse_question_form_answers(answer_xml)}
 
 
 def wait_until(pred, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
@@ -255,16 +222,6 @@ def run_cli(*args: str, timeout: float = 60, env=None) -> subprocess.CompletedPr
 
 
 # ---------------------------------------------------------------- browser
-
-@pytest.fixture(scope="session")
-def chromium_path() -> str:
-    """Debian's chromium, installed by scripts/ensure_chromium.sh when missing (never Playwright's)."""
-    r = subprocess.run(["bash", str(REPO / "scripts" / "ensure_chromium.sh")], capture_output=True, text=True,
-                       timeout=900, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        pytest.fail(f"chromium is not available: {r.stderr.strip()}")
-    return r.stdout.strip().splitlines()[-1]
-
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -1,0 +1,1 @@
+"""The labelprop test suite (a package: helpers are imported as ``tests.<module>``)."""
