@@ -122,8 +122,7 @@ def load_model_weights(model: torch.nn.Module, path: str) -> dict:
                          f"{tuple(state[k].shape)} vs {tuple(model.state_dict()[k].shape)}")
         raise DetectionError(f"{path}: weights of another architecture than this labelprop "
                              f"model ({'; '.join(parts)})")
-    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()},
-                          strict=False)
+    model.load_state_dict(state, strict=False)     # keeps the modules' version metadata
     return data
 
 
@@ -137,13 +136,16 @@ def load_init_weights(model: torch.nn.Module, path: str) -> dict:
         ck._convert_ndarray_to_tensor(data["model"])
         data["model"] = align_and_update_state_dicts(
             model.state_dict(), data["model"], c2_conversion=data.get("__author__") == "Caffe2")
-    state = {k: torch.as_tensor(v) for k, v in data["model"].items()
-             if hasattr(v, "shape")}
+    from collections import OrderedDict
+
+    state = OrderedDict((k, torch.as_tensor(v)) for k, v in data["model"].items()
+                        if hasattr(v, "shape"))
     _, shapes, matched = _compare(model, state)
     if matched == 0:
         raise DetectionError(f"{path}: no parameter matches this model (weights of another "
                              f"architecture)")
     own = model.state_dict()
-    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in shapes},
-                          strict=False)
+    keep = type(state)((k, v) for k, v in state.items() if k in own and k not in shapes)
+    keep._metadata = getattr(data["model"], "_metadata", None)
+    model.load_state_dict(keep, strict=False)
     return {"matched": matched, "total": len(own)}

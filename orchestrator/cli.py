@@ -34,6 +34,8 @@ COMMAND_MODULES = [
     "orchestrator.cli_run",
     "orchestrator.cli_crowd",
     "orchestrator.crowd_server.cli",
+    "orchestrator.cli_evaluate",
+    "detection.cli",            # train / detect / shapes: torch is imported inside the commands
 ]
 
 
