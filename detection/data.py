@@ -129,7 +129,7 @@ def list_images(images: str | os.PathLike, image_root: str | os.PathLike | None 
 
     ``images`` is a directory (every image file below it, sorted by path, ids 1..n) or a
     COCO JSON (a dataset object or a list of images; ``image_root`` defaults to the
-    JSON's directory).  Files are checked to exist; sizes are read from the file headers
+    JSON's directory, or its ``images/`` folder when the files are there).  Files are checked to exist; sizes are read from the file headers
     when the JSON does not give them.
     """
     from PIL import Image, UnidentifiedImageError
@@ -157,7 +157,11 @@ def list_images(images: str | os.PathLike, image_root: str | os.PathLike | None 
         raise DetectionError(f"{src}: no such file or directory (images)")
     data = _load_json(src, "COCO images JSON")
     entries = _images_of(data, src)
-    root = Path(image_root) if image_root is not None else src.parent
+    if image_root is not None:
+        root = Path(image_root)
+    else:                       # the JSON's folder, or its images/ subfolder (`labelprop shapes`)
+        first = entries[0]["file_name"]
+        root = src.parent / "images" if (src.parent / "images" / first).is_file() else src.parent
     if not root.is_dir():
         raise DetectionError(f"{root}: image root is not a directory")
     out = []
