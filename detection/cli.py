@@ -121,7 +121,6 @@ def train_cmd(
         sources = []
         for i, d in enumerate(data):
             root = roots[0] if len(roots) == 1 else (roots[i] if roots else _default_root(d))
-            _say(f"checking {d} (images under {root})")
             sources.append(check_coco(d, root))
         opts = TrainOptions(preset=preset, norm=norm, device=device, iters=iters, batch=batch,
                             lr=lr, checkpoint_period=checkpoint_period, init_weights=init_weights,
