@@ -274,7 +274,8 @@ def demo(
             f"  masks detected         {r['detections']:>10,}   on {r['pool_images']} unlabeled images "
             f"({r['gt_objects']} objects; mean IoU {r['mean_true_iou']:.2f}, "
             f"{r['good_fraction']:.0%} with IoU >= 0.75)",
-            f"  masks accepted         {r['accepted_masks']:>10,}   (precision {r['precision_accepted']:.2f}) "
+            f"  masks accepted         {r['accepted_masks']:>10,}   (precision "
+            f"{'n/a' if r['precision_accepted'] is None else format(r['precision_accepted'], '.2f')}) "
             f"from {r['questions']:,} simulated questions",
             f"  campaign: {r['campaign']} (try: labelprop status {r['campaign']})",
             f"  took {r['seconds']:.0f} s; train longer (--detect-iters) for better masks", ""]))
