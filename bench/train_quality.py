@@ -23,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run that checks the pipeline")
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "default"],
+                    help="model preset (tiny: ResNet-18 FPN for CPU; small/default: R50-FPN)")
+    ap.add_argument("--norm", default=None, help="GN or BN (default: the preset's)")
     ap.add_argument("--iters", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None)
@@ -59,7 +62,8 @@ def main() -> None:
                             first_image_id=100_000)
     t0 = time.perf_counter()
     train([check_coco(tr / "instances.json", tr / "images")], work / "model",
-          TrainOptions(preset="small", iters=args.iters, batch=args.batch, lr=args.lr,
+          TrainOptions(preset=args.preset, **({"norm": args.norm} if args.norm else {}),
+                       iters=args.iters, batch=args.batch, lr=args.lr,
                        device=args.device, maskiou_loss=args.maskiou_loss,
                        checkpoint_period=max(50, args.iters // 5)))
     train_s = time.perf_counter() - t0
@@ -72,7 +76,7 @@ def main() -> None:
     detect_s = time.perf_counter() - t1
     ev = evaluate_detections(va / "instances.json", dets / "results.json", kiou=args.kiou)
     m = read_metrics(work / "model")
-    out = {"device": args.device, "iters": args.iters, "batch": args.batch,
+    out = {"device": args.device, "preset": args.preset, "iters": args.iters, "batch": args.batch,
            "train_images": args.train_images, "val_images": args.val_images,
            "image_size": args.size, "classes": args.classes, "maskiou_loss": args.maskiou_loss,
            "train_seconds": round(train_s, 1), "detect_seconds": round(detect_s, 1),

@@ -59,7 +59,7 @@ def _register(name: str, src) -> None:
 
 
 def build_train_cfg(sources: list, opts: TrainOptions, out_dir: Path):
-    from detection.config import apply_overrides, get_labelprop_cfg
+    from detection.config import OPTIMIZERS, apply_overrides, get_labelprop_cfg
 
     cats = sources[0].categories
     for s in sources[1:]:
@@ -91,6 +91,9 @@ def build_train_cfg(sources: list, opts: TrainOptions, out_dir: Path):
     if cfg.MODEL.ROI_MASKIOU_HEAD.LOSS not in ("l2", "relaxed"):
         raise DetectionError(f"mask-IoU loss must be l2 or relaxed, got "
                              f"{cfg.MODEL.ROI_MASKIOU_HEAD.LOSS!r}")
+    if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
+        raise DetectionError(f"SOLVER.OPTIMIZER must be one of {', '.join(OPTIMIZERS)}, got "
+                             f"{cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.MAX_ITER < 1:
         raise DetectionError(f"--iters must be >= 1, got {cfg.SOLVER.MAX_ITER}")
     cfg.DATASETS.TRAIN = tuple(_dataset_name(i, s) for i, s in enumerate(sources))
@@ -170,6 +173,23 @@ def _setup_logging(out_dir: Path) -> None:
         lg.addHandler(con)
 
 
+def build_optimizer(cfg, model):
+    """detectron2's SGD, or AdamW (``SOLVER.OPTIMIZER``) with the same parameter groups
+    (no decay on norm layers) and gradient clipping."""
+    import torch
+    from detectron2.solver import build_optimizer as build_sgd
+    from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+    if cfg.SOLVER.OPTIMIZER == "SGD":
+        return build_sgd(cfg, model)
+    params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
+                                          weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+                                          bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+                                          weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+    return maybe_add_gradient_clipping(cfg, torch.optim.AdamW(
+        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY))
+
+
 def _trainer_class():
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.utils.events import EventWriter, JSONWriter, get_event_storage
@@ -204,6 +224,10 @@ def _trainer_class():
                     hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
                                                max_to_keep=2),
                     hooks.PeriodicWriter(writers, period=max(1, cfg.LABELPROP.LOG_PERIOD))]
+
+        @classmethod
+        def build_optimizer(cls, cfg, model):
+            return build_optimizer(cfg, model)
 
         @classmethod
         def build_model(cls, cfg):
