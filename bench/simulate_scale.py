@@ -3,10 +3,23 @@
 
 Each case runs in its own Python process so its peak RSS (ru_maxrss) is its own.
 Prints one JSON object. Exact complete linkage is quadratic in memory (the 40k-mask
-single class needs ~12 GiB), so run this on a machine with at least 16 GiB free.
+single class needs ~12 GiB), so run the simulate cases on a machine with at least 16 GiB
+free; ``--search-only`` runs just the search on random trees (about 1 GiB).
 
-    .venv/bin/python bench/simulate_scale.py            # all cases
-    .venv/bin/python bench/simulate_scale.py --quick    # 10k only, and a 200k-leaf tree
+The search-only case builds a random binary tree over n leaves (two random clusters merged
+n - 1 times, a latent quality drifting down the tree) and runs the whole search with
+simulated annotators, one node at a time as in Algorithm 1, for each ``--strategies`` entry
+(``heuristic``, the paper's, is the issue-8 figure: 16.5 to 20.8 s for 1M leaves before the
+search was reworked).  ``search_s`` includes building the search's structures.
+
+    .venv/bin/python bench/simulate_scale.py                    # all cases
+    .venv/bin/python bench/simulate_scale.py --quick            # 10k only, and a 200k-leaf tree
+    .venv/bin/python bench/simulate_scale.py --search-only --strategies heuristic value
+    # before/after: the same search-only case with another checkout's code (e.g. `git archive`)
+    .venv/bin/python bench/simulate_scale.py --search-only --compare /tmp/before --strategies heuristic value
+
+``search_cpu_s`` (CPU seconds of the process) is the figure to compare on a shared machine:
+wall time there also measures the other work.
 """
 from __future__ import annotations
 
@@ -73,13 +86,23 @@ build_s = time.perf_counter() - t0
 t0 = time.perf_counter()
 forest = Forest.from_linkage(Z, scores)
 tree_s = time.perf_counter() - t0
-t0 = time.perf_counter()
-r = run_tree_search(forest, SearchParams(), SimulatedAnnotators(ious, 0.75), ious)
-search_s = time.perf_counter() - t0
-print(json.dumps({{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_s": round(search_s, 2),
-    "nodes_visited": int(r.clusters_annotated), "questions": int(r.questions),
-    "accepted_masks": int(r.accepted.sum()),
-    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}))
+import orchestrator.search
+out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_py": orchestrator.search.__file__}}
+for strategy in {strategies!r}:
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    try:
+        params = SearchParams(strategy=strategy)
+    except Exception as exc:          # a strategy this checkout does not have (--compare)
+        out[strategy] = {{"error": str(exc)}}
+        continue
+    r = run_tree_search(forest, params, SimulatedAnnotators(ious, 0.75), ious)
+    out[strategy] = {{"search_s": round(time.perf_counter() - t0, 2),
+                     "search_cpu_s": round(time.process_time() - c0, 2),
+                     "nodes_visited": int(r.clusters_annotated), "questions": int(r.questions),
+                     "accepted_masks": int(r.accepted.sum())}}
+out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+print(json.dumps(out))
 """
 
 
@@ -95,16 +118,30 @@ def run_case(code: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small cases only (CI-sized)")
+    ap.add_argument("--search-only", action="store_true", help="only the search on a random tree")
+    ap.add_argument("--leaves", type=int, default=None, help="leaves of the random tree (default 1M; 200k with --quick)")
+    ap.add_argument("--strategies", nargs="*", default=["heuristic"],
+                    help="tree strategies to time on the random tree (default: heuristic)")
+    ap.add_argument("--compare", default=None, metavar="DIR",
+                    help="also run the search-only case with the code of another checkout at DIR "
+                         "(its orchestrator/ and clustering/), reported under \"before\"")
     args = ap.parse_args()
     cases = [(10_000, 1)] if args.quick else [(10_000, 1), (40_000, 1), (100_000, 10)]
-    out: dict = {"machine": {"cpus": os.cpu_count()}, "simulate": {}, "search_only": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n, c in cases:
-            path = os.path.join(tmp, f"t{n}_{c}.npz")
-            out["simulate"][f"{n}_masks_{c}_classes"] = run_case(
-                SIMULATE_CASE.format(root=ROOT, n=n, classes=c, path=path))
-    leaves = 200_000 if args.quick else 1_000_000
-    out["search_only"][f"{leaves}_leaf_tree"] = run_case(TREE_CASE.format(root=ROOT, n=leaves))
+    out: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+                 "simulate": {}, "search_only": {}}
+    if not args.search_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n, c in cases:
+                path = os.path.join(tmp, f"t{n}_{c}.npz")
+                out["simulate"][f"{n}_masks_{c}_classes"] = run_case(
+                    SIMULATE_CASE.format(root=ROOT, n=n, classes=c, path=path))
+    leaves = args.leaves or (200_000 if args.quick else 1_000_000)
+    out["search_only"][f"{leaves}_leaf_tree"] = run_case(
+        TREE_CASE.format(root=ROOT, n=leaves, strategies=list(args.strategies)))
+    if args.compare:
+        other = os.path.abspath(args.compare)
+        out["search_only"][f"{leaves}_leaf_tree_before"] = dict(
+            run_case(TREE_CASE.format(root=other, n=leaves, strategies=list(args.strategies))), code=other)
     print(json.dumps(out, indent=2))
 
 

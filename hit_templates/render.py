@@ -43,7 +43,7 @@ __all__ = ["HitQuestion", "InstructionExample", "InstructionSet", "DEFAULT_INSTR
            "render_verification_question", "parse_verification_answer", "parse_verification_seconds",
            "parse_question_form_answers", "render_qualification_test", "qualification_pass_value",
            "max_questions_per_hit", "HTML_QUESTION_NS", "QUESTION_FORM_NS", "ANSWER_KEY_NS",
-           "MAX_QUESTION_BYTES", "ANSWER_VALUES", "SECONDS_FIELD"]
+           "MAX_QUESTION_BYTES", "ANSWER_VALUES", "SECONDS_FIELD", "BROKEN_FIELD"]
 
 HTML_QUESTION_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
 QUESTION_FORM_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2017-11-06/QuestionForm.xsd"
@@ -53,7 +53,9 @@ MAX_QUESTION_BYTES = 65535
 FORMS = ("crowd-form", "classic")
 ANSWER_VALUES = ("yes", "no", "unsure")
 SECONDS_FIELD = "lp_seconds"
-RESERVED_NAMES = frozenset({SECONDS_FIELD, "assignmentId", "taskAnswers", "hitId", "workerId", "turkSubmitTo"})
+BROKEN_FIELD = "lp_broken"
+RESERVED_NAMES = frozenset({SECONDS_FIELD, BROKEN_FIELD, "assignmentId", "taskAnswers", "hitId", "workerId",
+                            "turkSubmitTo"})
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 MAX_IDENTIFIER_LEN = 256
 
@@ -379,15 +381,27 @@ def _answer_value(qid: str, raw: object) -> str:
 
 
 def parse_verification_answer(answer_xml: str) -> dict[str, str]:
-    """``Assignment.Answer`` of a verification HIT -> ``{identifier: "yes" | "no" | "unsure"}``.
+    """``Assignment.Answer`` of a verification HIT -> ``{identifier: "yes" | "no" | "unsure" | "broken"}``.
 
     Accepts QuestionFormAnswers XML as MTurk (and the crowd server) store it: a crowd-form submission
     (one ``taskAnswers`` Answer whose FreeText is a JSON array with one object) or a classic form
     post (one FreeText Answer per field).  The ``lp_seconds`` timing field is skipped (see
-    :func:`parse_verification_seconds`).  Raises ValueError on malformed XML/JSON, values other than
-    yes / no / unsure, questions answered twice, or no answers at all.
+    :func:`parse_verification_seconds`); questions listed in ``lp_broken`` (their picture did not
+    load, so the page took no answer) come back as ``"broken"``.  Raises ValueError on malformed
+    XML/JSON, values other than yes / no / unsure, questions answered twice, or no answers at all.
     """
-    out = {k: _answer_value(k, v) for k, v in _fields(answer_xml).items() if k not in RESERVED_NAMES}
+    fields = _fields(answer_xml)
+    out = {k: _answer_value(k, v) for k, v in fields.items() if k not in RESERVED_NAMES}
+    raw = fields.get(BROKEN_FIELD)
+    if raw not in (None, ""):
+        try:
+            ids = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+                raise ValueError("not a list of identifiers")
+        except ValueError as exc:
+            raise ValueError(f"{BROKEN_FIELD} is not a JSON list of identifiers: {exc}") from None
+        for ident in ids:
+            out.setdefault(ident, "broken")
     if not out:
         raise ValueError("the submission holds no answers")
     return out

@@ -59,9 +59,11 @@ class SimulatedAnnotators:
     def answer(self, mask_ids) -> np.ndarray:
         """Answers (int8, 1 = yes) for ``mask_ids``, in the same order."""
         ids = np.asarray(mask_ids, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.n):
-            bad = ids[(ids < 0) | (ids >= self.n)][0]
-            raise LabelpropError(f"mask id {int(bad)} is out of range (0..{self.n - 1})")
+        if ids.size:
+            lo, hi = (ids.min(), ids.max()) if ids.size > 32 else (min(v := ids.tolist()), max(v))
+            if lo < 0 or hi >= self.answers.shape[0]:
+                bad = ids[(ids < 0) | (ids >= self.n)][0]
+                raise LabelpropError(f"mask id {int(bad)} is out of range (0..{self.n - 1})")
         self.questions += int(ids.size)
         return self.answers[ids].copy()
 

@@ -15,8 +15,11 @@ existence check and no rendering; after a crash the URLs come out the same.
 Stores (both have ``put(name, data, content_type) -> url`` (idempotent: nothing is
 written when the name is already there), ``url(name)`` and ``exists(name)``):
 
-- :class:`LocalAssetStore`: files under a directory that the bundled crowd server serves
-  publicly at ``{base_url}/assets/<name>`` (``labelprop crowd-server --assets DIR``).
+- :class:`LocalAssetStore`: files under a directory of the campaign, linked as
+  ``{base_url}/assets/<name>``; with the bundled crowd server every file is also uploaded to
+  it (its ``/assets/`` upload route, signed like the Requester API), so the server a campaign
+  posts to serves that campaign's overlays, whichever machine either runs on.  Without it,
+  something must serve the directory (``labelprop crowd-server --assets DIR``).
 - :class:`S3AssetStore`: objects under ``s3://bucket/prefix``, linked by their public
   URL (needs a bucket policy allowing ``s3:GetObject`` on the prefix, or
   ``public_read_acl=True`` on a bucket with ACLs enabled) or by presigned GET URLs
@@ -70,7 +73,7 @@ from orchestrator.errors import LabelpropError
 
 __all__ = ["OverlayItem", "LocalAssetStore", "S3AssetStore", "PublishStats", "render_overlay",
            "render_overlay_array", "overlay_name", "publish_overlays", "asset_store_from_config",
-           "decode_rle", "S3_CORS_RULES", "RENDER_VERSION"]
+           "decode_rle", "S3_CORS_RULES", "RENDER_VERSION", "check_urls"]
 
 RENDER_VERSION = 1                 # bump when the drawing changes: old cached files are then not reused
 JPEG_QUALITY = 88
@@ -233,12 +236,22 @@ def _check_name(name: str) -> str:
 
 
 class LocalAssetStore:
-    """Files under ``root``, served by the crowd server (``--assets ROOT``) at ``{base_url}/assets/<name>``."""
+    """Files under ``root``, linked as ``{base_url}/assets/<name>``.
 
-    def __init__(self, root: Path, base_url: str):
+    ``mirror``: a second place every file is also put (an object with ``exists(name)`` and
+    ``put(name, data, content_type)``): the bundled crowd server's upload route, so the server
+    a campaign posts to serves its overlays whatever machine the campaign runs on.  Without a
+    mirror, something must serve ``root`` at ``base_url`` (``labelprop crowd-server --assets
+    ROOT``, or any web server).
+    """
+
+    def __init__(self, root: Path, base_url: str, mirror=None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_url = base_url.rstrip("/")
+        self.mirror = mirror
+        self._mirrored: set[str] = set()
+        self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
         return self.root.joinpath(*_check_name(name).split("/"))
@@ -246,13 +259,27 @@ class LocalAssetStore:
     def url(self, name: str) -> str:
         return f"{self.base_url}/assets/{quote(_check_name(name))}"
 
+    def _mirror_has(self, name: str) -> bool:
+        if self.mirror is None:
+            return True
+        with self._lock:
+            if name in self._mirrored:
+                return True
+        if self.mirror.exists(name):
+            with self._lock:
+                self._mirrored.add(name)
+            return True
+        return False
+
     def exists(self, name: str) -> bool:
-        return self.path(name).is_file()
+        return self.path(name).is_file() and self._mirror_has(name)
 
     def put(self, name: str, data: bytes, content_type: str = "image/jpeg") -> str:
-        """Write ``data`` as ``name`` (atomically) unless it is already there; return its URL."""
+        """Write ``data`` as ``name`` (atomically) unless it is already there, and put it on the
+        mirror unless it is there; return its URL."""
         p = self.path(name)
-        if not p.is_file():
+        new = not p.is_file()
+        if new:
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=p.suffix)
             try:
@@ -263,6 +290,11 @@ class LocalAssetStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+        # a file new here is put on the mirror at once (its put is idempotent); an old one only if missing
+        if self.mirror is not None and (new or not self._mirror_has(name)):
+            self.mirror.put(name, data, content_type)
+            with self._lock:
+                self._mirrored.add(name)
         return self.url(name)
 
     def __repr__(self) -> str:
@@ -380,6 +412,9 @@ def _publish_group(store, items: list[OverlayItem], size: int, context: float, s
         if store.exists(name):
             out[it.key] = store.url(name)
             stats.add(reused=1)
+        elif isinstance(store, LocalAssetStore) and store.path(name).is_file():
+            out[it.key] = store.put(name, store.path(name).read_bytes(), "image/jpeg")   # mirror it
+            stats.add(reused=1)
         else:
             if image is None:
                 image = _load_rgb(data, str(it.image_path))
@@ -432,12 +467,14 @@ def publish_overlays(store, items: list[OverlayItem], *, workers: int = 2, progr
 
 # ---------------------------------------------------------------- configuration
 
-def asset_store_from_config(campaign_dir, crowd_cfg) -> "LocalAssetStore | S3AssetStore":
+def asset_store_from_config(campaign_dir, crowd_cfg, mirror=None) -> "LocalAssetStore | S3AssetStore":
     """The asset store described by ``[crowd.assets]`` of a campaign (``crowd_cfg``: its CrowdSection).
 
     local: ``campaign_dir / local_dir``, URLs under ``base_url`` (default ``crowd.endpoint_url``; for the
-    simulated backend, where nobody loads images, ``http://127.0.0.1:8765``).  MTurk workers cannot
-    reach a local directory: with ``backend = "mturk"`` a local store needs an https ``base_url``.
+    simulated backend, where nobody loads images, ``http://127.0.0.1:8765``).  ``mirror``: where the
+    files are also put (the bundled crowd server's upload route, given by its backend), so that
+    server serves them.  MTurk workers cannot reach a local directory: with ``backend = "mturk"`` a
+    local store needs an https ``base_url``.
     s3: a boto3 client from the default credential chain with ``s3_region`` / ``s3_endpoint_url``.
     """
     a = crowd_cfg.assets
@@ -455,7 +492,7 @@ def asset_store_from_config(campaign_dir, crowd_cfg) -> "LocalAssetStore | S3Ass
     if not root.is_absolute():
         root = Path(campaign_dir) / root
     base = a.base_url or crowd_cfg.endpoint_url
-    if crowd_cfg.backend == "mturk":
+    if crowd_cfg.backend == "mturk" and mirror is None:
         if not a.base_url.startswith("https://"):
             raise LabelpropError("crowd.assets: MTurk workers cannot load images from a local directory; set "
                                  "crowd.assets.store = \"s3\" (with s3_bucket), or crowd.assets.base_url to the "
@@ -466,4 +503,35 @@ def asset_store_from_config(campaign_dir, crowd_cfg) -> "LocalAssetStore | S3Ass
             raise LabelpropError("crowd.assets: set crowd.endpoint_url (the crowd server's URL) or "
                                  "crowd.assets.base_url, so HIT pages can link the overlay images")
         base = "http://127.0.0.1:8765"
-    return LocalAssetStore(root, base)
+    return LocalAssetStore(root, base, mirror=mirror)
+
+
+# ---------------------------------------------------------------- checks
+
+def check_urls(urls, *, workers: int = 4, timeout: float = 15.0) -> dict[str, str]:
+    """Fetch the first byte of every URL as a browser would (``GET`` with ``Range: bytes=0-0``);
+    returns ``{url: what is wrong}`` for those that do not answer 200/206 with an image."""
+    import urllib.error
+    import urllib.request
+
+    def one(url: str):
+        req = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "labelprop-asset-check"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                ctype = r.headers.get("Content-Type", "")
+                r.read(1)
+                if r.status not in (200, 206):
+                    return url, f"HTTP {r.status}"
+                if not ctype.startswith("image/"):
+                    return url, f"served as {ctype or 'no content type'}, not an image"
+                return url, None
+        except urllib.error.HTTPError as exc:
+            return url, f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            return url, f"cannot fetch it: {getattr(exc, 'reason', exc)}"
+
+    todo = sorted(set(urls))
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        return {u: err for u, err in pool.map(one, todo) if err}

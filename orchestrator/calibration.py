@@ -17,12 +17,21 @@ because smaller nodes are asked in full (their quality is measured, not estimate
 the many leaves would otherwise swamp the estimate.  If no t qualifies the threshold is
 0 (nothing is skipped or rejected automatically).
 
+The same curves order the ``value`` search strategies: :class:`AcceptanceCurve` is P_h(S)
+and P_l(S) smoothed to be monotone (isotonic regression over the bins, weighted by their
+node counts), stored in a campaign by :func:`write_calibration` (``labelprop calibrate
+--write``) as ``calibration.json`` beside ``campaign.toml``, and read back, validated, by
+:func:`load_curve`.
+
 Everything here is pure (arrays in, arrays/dataclasses out) except :func:`write_csv`,
-:func:`plot_calibration` and :func:`write_thresholds`.
+:func:`plot_calibration`, :func:`write_calibration` and
+:func:`load_curve`.
 """
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +43,11 @@ from orchestrator.errors import LabelpropError, check_unit_interval
 
 __all__ = ["Calibration", "node_table", "cumulative_threshold", "binned_curves",
            "calibrate_nodes", "calibrate_forest", "write_csv", "plot_calibration",
-           "write_thresholds"]
+           "AcceptanceCurve", "write_calibration", "load_curve",
+           "CALIBRATION_NAME", "CALIBRATION_FORMAT"]
+
+CALIBRATION_NAME = "calibration.json"
+CALIBRATION_FORMAT = "labelprop-calibration/1"
 
 
 @dataclass
@@ -51,7 +64,7 @@ class Calibration:
     bins: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"format": CALIBRATION_FORMAT, **asdict(self)}
 
 
 def node_table(forest, ious: np.ndarray, kiou: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,13 +212,154 @@ def plot_calibration(path: str | os.PathLike, cal: Calibration, scores: np.ndarr
         plt.close(fig)
 
 
-def write_thresholds(campaign_dir: str | os.PathLike, kpr: float, kpa: float) -> Path:
-    """Set ``[search] kpr`` and ``kpa`` in ``DIR/campaign.toml`` (atomically, via the
-    campaign config module so the file stays valid and keeps its header)."""
+# --------------------------------------------------------------- the curve for the search
+def _isotonic(values: list[float], weights: list[float]) -> list[float]:
+    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
+    blocks: list[list[float]] = []          # [mean, weight, count]
+    for v, w in zip(values, weights):
+        blocks.append([float(v), float(w), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, c2 = blocks.pop()
+            v1, w1, c1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    out: list[float] = []
+    for v, _, c in blocks:
+        out += [v] * int(c)
+    return out
+
+
+@dataclass(frozen=True)
+class AcceptanceCurve:
+    """P_h(S) = P(Q >= K_a | S) and P_l(S) = P(Q <= 1 - K_a | S) as piecewise-linear curves.
+
+    ``knots`` are increasing cluster scores; between knots the curves are interpolated
+    linearly, outside they are constant.  :meth:`from_bins` builds them from the binned
+    calibration (bin centres as knots, isotonic so that P_h never falls and P_l never
+    rises with S); :meth:`fallback` is the curve used without a calibration.
+    """
+
+    knots: tuple[float, ...]
+    p_high: tuple[float, ...]
+    p_low: tuple[float, ...]
+    ka: float | None = None          # the K_a (and K_iou) the curve was measured for
+    kiou: float | None = None
+    source: str = "fallback"
+
+    def lookup(self, S) -> tuple[np.ndarray, np.ndarray]:
+        """(P_h, P_l) at the scores ``S``."""
+        S = np.asarray(S, dtype=np.float64)
+        return (np.interp(S, self.knots, self.p_high), np.interp(S, self.knots, self.p_low))
+
+    @classmethod
+    def fallback(cls, kpa: float) -> "AcceptanceCurve":
+        """Without a calibration: P_h rises linearly from 0 at S = K_pa to 1 at S = 1, P_l = 0.
+
+        K_pa is by definition the score below which a cluster is (almost) never of high
+        quality (Sec. 4.3), and a cluster whose every mask has score 1 is predicted perfect;
+        a straight line between the two is the least-committal monotone curve through both.
+        P_l = 0 makes the look-ahead assume that a cluster which is not accepted splits.
+        """
+        kpa = check_unit_interval("kpa", kpa)
+        if kpa >= 1.0:
+            return cls(knots=(0.0, 1.0), p_high=(0.0, 0.0), p_low=(0.0, 0.0))
+        return cls(knots=(0.0, kpa, 1.0), p_high=(0.0, 0.0, 1.0), p_low=(0.0, 0.0, 0.0))
+
+    @classmethod
+    def from_bins(cls, bins: list[dict], ka: float, kiou: float, source: str = "calibration") -> "AcceptanceCurve":
+        """From :func:`binned_curves` rows (empty bins are skipped)."""
+        rows = [b for b in bins if b["nodes"]]
+        if not rows:
+            raise LabelpropError("the calibration has no non-empty score bin")
+        w = [float(b["nodes"]) for b in rows]
+        ph = _isotonic([b["p_high"] for b in rows], w)
+        pl = [-v for v in _isotonic([-b["p_low"] for b in rows], w)]
+        knots = tuple((b["s_lo"] + b["s_hi"]) / 2.0 for b in rows)
+        return cls(knots=knots, p_high=tuple(min(max(v, 0.0), 1.0) for v in ph),
+                   p_low=tuple(min(max(v, 0.0), 1.0) for v in pl), ka=float(ka), kiou=float(kiou),
+                   source=source)
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> "AcceptanceCurve":
+        """Validate a calibration as written by :func:`write_calibration` (or printed by
+        ``labelprop calibrate --json``); every error names ``where`` and the field."""
+        if not isinstance(d, dict):
+            raise LabelpropError(f"{where}: must hold a JSON object")
+        fmt = d.get("format")
+        if fmt != CALIBRATION_FORMAT:
+            raise LabelpropError(f"{where}: not a labelprop calibration (format {fmt!r}, expected "
+                                 f"{CALIBRATION_FORMAT!r}; write one with `labelprop calibrate`)")
+        vals = {}
+        for k in ("ka", "kiou"):
+            v = d.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise LabelpropError(f"{where}: {k} must be a number in [0, 1], got {v!r}")
+            vals[k] = float(v)
+        bins = d.get("bins")
+        if not isinstance(bins, list) or not bins:
+            raise LabelpropError(f"{where}: bins must be a non-empty list")
+        prev_hi = 0.0
+        for i, b in enumerate(bins):
+            if not isinstance(b, dict):
+                raise LabelpropError(f"{where}: bins[{i}] must be an object")
+            nodes = b.get("nodes")
+            if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
+                raise LabelpropError(f"{where}: bins[{i}].nodes must be a non-negative integer, got {nodes!r}")
+            lo, hi = b.get("s_lo"), b.get("s_hi")
+            for k, v in (("s_lo", lo), ("s_hi", hi)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                    raise LabelpropError(f"{where}: bins[{i}].{k} must be a number in [0, 1], got {v!r}")
+            if not lo < hi or lo < prev_hi - 1e-9:
+                raise LabelpropError(f"{where}: bins[{i}] [{lo}, {hi}) is empty or overlaps the bin before")
+            prev_hi = hi
+            for k in ("p_high", "p_low"):
+                v = b.get(k)
+                if nodes == 0 and v is None:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0 \
+                        or not math.isfinite(v):
+                    raise LabelpropError(f"{where}: bins[{i}].{k} must be a probability in [0, 1], got {v!r}")
+        if not any(b["nodes"] for b in bins):
+            raise LabelpropError(f"{where}: every bin is empty")
+        return cls.from_bins(bins, vals["ka"], vals["kiou"], source=str(where))
+
+    def check_for(self, ka: float, kiou: float, where: str) -> "AcceptanceCurve":
+        """Refuse a curve measured for other thresholds than the search uses."""
+        if self.ka is not None and (abs(self.ka - ka) > 1e-9 or abs((self.kiou or 0.0) - kiou) > 1e-9):
+            raise LabelpropError(f"{where}: measured for K_a={self.ka}, K_iou={self.kiou} but the search "
+                                 f"uses K_a={ka}, K_iou={kiou}; rerun `labelprop calibrate` with those")
+        return self
+
+
+def load_curve(path: str | os.PathLike) -> AcceptanceCurve:
+    """Read and validate a calibration JSON file (see :meth:`AcceptanceCurve.from_dict`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelpropError(f"{path}: not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise LabelpropError(f"{path}: cannot read: {exc}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabelpropError(f"{path}: invalid JSON: {exc}") from None
+    return AcceptanceCurve.from_dict(d, str(path))
+
+
+def write_calibration(campaign_dir: str | os.PathLike, cal: Calibration) -> tuple[Path, Path]:
+    """Store a calibration in a campaign: ``DIR/calibration.json`` (the binned P_h / P_l,
+    read by the ``value`` strategies), then ``[search] kpr``, ``kpa`` and ``calibration`` in
+    ``DIR/campaign.toml``; both written atomically, the JSON first, so a crash in between
+    leaves the campaign as it was.  Returns the two paths."""
+    from orchestrator.atomic import atomic_write_json
     from orchestrator.config import load_config, save_config
 
     d = Path(campaign_dir)
     cfg = load_config(d)  # LabelpropError naming the file if it is missing or invalid
-    cfg.search.kpr = float(kpr)
-    cfg.search.kpa = float(kpa)
-    return save_config(d, cfg)
+    AcceptanceCurve.from_dict(cal.to_dict(), "calibration")     # what we write reads back
+    js = d / CALIBRATION_NAME
+    atomic_write_json(js, cal.to_dict())
+    cfg.search.kpr = float(cal.kpr)
+    cfg.search.kpa = float(cal.kpa)
+    cfg.search.calibration = CALIBRATION_NAME
+    return js, save_config(d, cfg)

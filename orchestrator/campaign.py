@@ -55,8 +55,16 @@ class CampaignSearch:
         self.engine = open_store(self.dir, db)
         with read_session(self.engine) as s:
             quotas = self._quotas(s, sc.class_quotas)
+        curve = None
+        if sc.calibration:
+            from orchestrator.calibration import load_curve
+            path = self.dir / sc.calibration
+            curve = load_curve(path).check_for(sc.ka, sc.kiou, str(path))
         self.params = SearchParams(ns=sc.ns, ka=sc.ka, kiou=sc.kiou, kpa=sc.kpa, kpr=sc.kpr, chunk=sc.chunk,
-                                   strategy=sc.strategy, seed=self.cfg.campaign.seed, quotas=quotas)
+                                   strategy=sc.strategy, seed=self.cfg.campaign.seed, quotas=quotas,
+                                   leaf_rule=sc.leaf_rule, acceptance=sc.acceptance,
+                                   risk_masks=sc.risk_masks, bad_margin=sc.bad_margin,
+                                   max_answers=sc.max_answers, curve=curve)
         with read_session(self.engine) as s:
             self.forest = load_forest(s, self.dir)
             self._restore(s)

@@ -16,9 +16,19 @@ from orchestrator.errors import LabelpropError
 app = typer.Typer(
     name="labelprop",
     help=(
-        "Turn a pool of unlabeled images into high-quality instance masks for a tiny "
-        "human budget: cluster mask predictions into per-class trees, ask humans a few "
-        "yes/no questions per cluster, propagate the answers (Papadopoulos et al., ICCV 2021)."
+        "Turn a pool of unlabeled images into high-quality instance masks for a tiny human budget: "
+        "cluster mask predictions into per-class trees, ask humans a few yes/no questions per cluster, "
+        "propagate the answers (Papadopoulos et al., ICCV 2021).\n\n"
+        "Examples:\n\n"
+        "  labelprop demo                             # a whole simulated campaign\n\n"
+        "  labelprop init camp --backend server       # a campaign for your crowd\n"
+        "  labelprop ingest camp --results det.json --features f.npy \\\n"
+        "      --images images.json --image-root images/\n"
+        "  labelprop cluster camp\n"
+        "  labelprop estimate camp                    # questions, cost, hours\n"
+        "  labelprop run camp\n"
+        "  labelprop export camp --coco accepted.json\n\n"
+        "Every command has --help with examples."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -32,6 +42,7 @@ COMMAND_MODULES = [
     "orchestrator.cli_data",
     "orchestrator.cli_campaign",
     "orchestrator.cli_run",
+    "orchestrator.cli_estimate",
     "orchestrator.cli_crowd",
     "orchestrator.crowd_server.cli",
     "orchestrator.cli_evaluate",

@@ -21,6 +21,8 @@ Examples:
 
   labelprop synth big.npz --n 200000 --classes 20 --dim 32 --seed 7
 
+  labelprop synth small-modes.npz --masks-per-mode 40 --pred-noise 0.3
+
   labelprop synth --demo
 """
 
@@ -34,9 +36,9 @@ Examples:
 
   labelprop calibrate heldout.npz --eps 0.02 --plot fig4.png --csv curve.csv
 
-  labelprop calibrate heldout.npz --write my-campaign/   (sets kpr and kpa in its campaign.toml)
+  labelprop calibrate heldout.npz --write camp/   # kpr, kpa + calibration.json
 
-  labelprop calibrate heldout.npz --json
+  labelprop calibrate heldout.npz --json > cal.json      (for `labelprop simulate --calibration`)
 
   labelprop calibrate --heldout gt.json --results dets/results.json --features dets/features.npy
   (detector output on held-out images with ground truth: each mask's IoU is its best match
@@ -58,11 +60,27 @@ def synth(
     kiou: float = typer.Option(0.75, "--kiou", help="IoU threshold used for the reported positive fraction."),
     demo: bool = typer.Option(False, "--demo", help="Regenerate the bundled demo dataset "
                               "(n=20000, 5 classes, d=16, seed 2021) at OUT or its package path."),
+    masks_per_mode: float = typer.Option(150.0, "--masks-per-mode", help="Average masks per visual mode "
+                                         "(cluster sizes)."),
+    pred_noise: float = typer.Option(0.20, "--pred-noise", help="Std of the detector's IoU prediction error "
+                                     "(how noisy scores are)."),
+    p_good: float = typer.Option(0.40, "--p-good", help="Fraction of good modes."),
+    p_bad: float = typer.Option(0.30, "--p-bad", help="Fraction of bad modes (the rest are mixed)."),
 ) -> None:
-    from orchestrator.synth import DEMO_ARGS, DEMO_PATH, describe, make_triplets, write_demo_triplets
+    from orchestrator.synth import (DEMO_ARGS, DEMO_PATH, SynthParams, describe, make_triplets,
+                                    write_demo_triplets)
     from orchestrator.triplets import save_triplets
 
     check_unit_interval("--kiou", kiou)
+    if not masks_per_mode >= 1:
+        raise LabelpropError(f"--masks-per-mode must be >= 1, got {masks_per_mode}")
+    if not pred_noise >= 0:
+        raise LabelpropError(f"--pred-noise must be >= 0, got {pred_noise}")
+    check_unit_interval("--p-good", p_good)
+    check_unit_interval("--p-bad", p_bad)
+    if p_good + p_bad > 1:
+        raise LabelpropError(f"--p-good + --p-bad must not exceed 1, got {p_good + p_bad}")
+    sp = SynthParams(masks_per_mode=masks_per_mode, pred_noise=pred_noise, p_good=p_good, p_bad=p_bad)
     if demo:
         path = write_demo_triplets(out if out is not None else DEMO_PATH)
         from orchestrator.triplets import load_triplets
@@ -77,9 +95,10 @@ def synth(
             raise LabelpropError(f"{out}: is a directory")
         if not out.parent.is_dir() and str(out.parent):
             raise LabelpropError(f"{out}: directory {out.parent} does not exist")
-        t = make_triplets(n, classes=classes, dim=dim, seed=seed)
+        t = make_triplets(n, classes=classes, dim=dim, seed=seed, params=sp)
         save_triplets(out, t)
-        info = {"file": str(out), "seed": seed, **describe(t, kiou)}
+        info = {"file": str(out), "seed": seed, "masks_per_mode": masks_per_mode, "pred_noise": pred_noise,
+                "p_good": p_good, "p_bad": p_bad, **describe(t, kiou)}
     sys.stdout.write(json.dumps(json_safe(info), indent=2) + "\n")
 
 
@@ -113,8 +132,9 @@ def calibrate(
     bins: int = typer.Option(20, "--bins", help="Score bins of the displayed P_h / P_l curve."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write paper Fig. 4 (3 panels) as PNG."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the binned curve as CSV."),
-    write: Optional[Path] = typer.Option(None, "--write", help="Campaign directory whose "
-                                         "campaign.toml gets \\[search] kpr and kpa."),
+    write: Optional[Path] = typer.Option(None, "--write", help="Campaign directory: sets \\[search] kpr "
+                                         "and kpa in its campaign.toml and stores the P_h / P_l curve "
+                                         "(calibration.json, read by the value strategies)."),
     json_flag: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
     score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score in the clustering."),
     exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly."),
@@ -122,7 +142,7 @@ def calibrate(
 ) -> None:
     from clustering.build import ClusterParams, build_forest
     from orchestrator.calibration import (calibrate_nodes, node_table, plot_calibration,
-                                          write_csv, write_thresholds)
+                                          write_calibration, write_csv)
     from orchestrator.triplets import load_triplets
 
     check_unit_interval("--ka", ka)
@@ -163,7 +183,9 @@ def calibrate(
     if csv_out is not None:
         out["files"]["curve_csv"] = str(write_csv(csv_out, cal))
     if write is not None:
-        out["files"]["campaign_toml"] = str(write_thresholds(write, cal.kpr, cal.kpa))
+        js, toml = write_calibration(write, cal)
+        out["files"]["calibration_json"] = str(js)
+        out["files"]["campaign_toml"] = str(toml)
     if json_flag:
         sys.stdout.write(json.dumps(json_safe(out), indent=2) + "\n")
     else:

@@ -11,29 +11,31 @@ import typer
 
 from orchestrator.atomic import atomic_write_json, json_safe
 from orchestrator.errors import LabelpropError
+from orchestrator.search import STRATEGIES as _STRATEGIES
+from orchestrator.search import SearchParams as _SP
 
 SIMULATE_HELP = """Run the label-propagation search (and baselines) against simulated annotators.
 
-Annotators answer yes iff a mask's IoU >= K_iou, wrong with probability --error-rate, taking
---seconds-per-question each. Prints one JSON object (the first strategy's summary, plus
-"runs" with every strategy and "compare" with each strategy at --report-at questions) and
-writes the paper's Fig. 6 and Fig. 8 curves as PNG and CSV into --out.
+Annotators answer yes iff a mask's IoU >= K_iou, wrong with probability --error-rate, taking --seconds-per-question each. Prints one JSON object (the first strategy's summary, plus "runs" with every strategy and "compare" with each strategy at --report-at questions) and writes the paper's Fig. 6 and Fig. 8 curves as PNG and CSV into --out.
 
 Examples:
 
   labelprop synth data.npz --n 20000
   labelprop simulate data.npz
   labelprop simulate data.npz -s all --report-at 2000 --out curves/
-  labelprop simulate data.npz -s heuristic -s dfs --chunk 5 --error-rate 0.05 --json run.json
+  labelprop simulate data.npz -s heuristic -s dfs --chunk 5 --error-rate 0.05
   labelprop simulate data.npz --oracle -s bfs -s dfs -s heuristic
+  labelprop simulate data.npz -s value -s heuristic --acceptance size-aware
+  labelprop calibrate heldout.npz --json > cal.json
+  labelprop simulate data.npz -s value --calibration cal.json
 """
 
 
 def _strategies(values: List[str]) -> list[str]:
-    from orchestrator.search import STRATEGIES
+    from orchestrator.search import STRATEGIES, SearchParams
 
     out: list[str] = []
-    for v in values or ["heuristic"]:
+    for v in values or [SearchParams.strategy]:
         for name in v.split(","):
             name = name.strip()
             if name == "all":
@@ -52,7 +54,9 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
                    reward_usd: float = 0.15, questions_per_hit: int = 50,
                    report_at: Optional[List[int]] = None, out_dir: Optional[Path] = None,
                    score_weight: float = 0.25, exact_limit: int = 40_000, plots: bool = True,
-                   progress=None) -> dict:
+                   progress=None, leaf_rule: Optional[str] = None, acceptance: Optional[str] = None,
+                   risk_masks: Optional[float] = None, calibration: Optional[Path] = None,
+                   forest=None) -> dict:
     """Everything `labelprop simulate` does, as a function returning the JSON object."""
     from clustering.build import ClusterParams, build_forest
     from orchestrator.annotators import SimulatedAnnotators
@@ -62,19 +66,31 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
     from orchestrator.simulate import final, point, run_strategy
     from orchestrator.triplets import load_triplets
 
-    params = SearchParams(ns=ns, ka=ka, kiou=kiou, kpa=kpa, kpr=kpr, chunk=chunk, oracle=oracle, seed=seed)
+    from orchestrator.search import TREE_STRATEGIES
+
+    curve = None
+    if calibration is not None:
+        from orchestrator.calibration import load_curve
+        curve = load_curve(calibration).check_for(ka, kiou, str(calibration))
+    d = SearchParams()
+    params = SearchParams(ns=ns, ka=ka, kiou=kiou, kpa=kpa, kpr=kpr, chunk=chunk, oracle=oracle, seed=seed,
+                          leaf_rule=leaf_rule or d.leaf_rule, acceptance=acceptance or d.acceptance,
+                          risk_masks=d.risk_masks if risk_masks is None else risk_masks, curve=curve)
     if budget_questions is not None and budget_questions < 0:
         raise LabelpropError(f"--budget-questions must be >= 0, got {budget_questions}")
     if seconds_per_question <= 0:
         raise LabelpropError(f"--seconds-per-question must be > 0, got {seconds_per_question}")
-    if oracle and any(s not in ("heuristic", "bfs", "dfs", "dfs-heuristic") for s in strategies):
-        raise LabelpropError("--oracle applies to the tree searches only (heuristic, bfs, dfs, dfs-heuristic)")
+    if oracle and any(s not in TREE_STRATEGIES for s in strategies):
+        raise LabelpropError(f"--oracle applies to the tree searches only ({', '.join(TREE_STRATEGIES)})")
     t = load_triplets(triplets_path)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
-    say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
-    forest = build_forest(t.features, t.scores, t.classes,
-                          ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
+    if forest is None:
+        say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
+        forest = build_forest(t.features, t.scores, t.classes,
+                              ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
+    elif forest.n_masks != t.n:
+        raise LabelpropError(f"{triplets_path}: {t.n} masks but the given forest has {forest.n_masks}")
     cluster_s = time.perf_counter() - t0
     cost = CostModel(reward_usd=reward_usd, questions_per_hit=questions_per_hit)
     results = {}
@@ -93,8 +109,7 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
         runs.append(summ)
     # the comparison table (paper Fig. 6b): every strategy at the same question budgets
     if report_at is None:
-        first_tree = next((runs[i] for i, s in enumerate(strategies)
-                           if s in ("heuristic", "bfs", "dfs", "dfs-heuristic")), runs[0])
+        first_tree = next((runs[i] for i, s in enumerate(strategies) if s in TREE_STRATEGIES), runs[0])
         report_at = [max(1, first_tree["questions"] // 4)] if len(strategies) > 1 else []
     compare = []
     for b in report_at:
@@ -102,12 +117,16 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
         for name, res in results.items():
             p = point(res, int(b))
             row[name] = {"accepted_masks": int(p["accepted_masks"]), "questions": int(p["questions"]),
-                         "mean_iou_accepted": p["mean_iou_accepted"]}
+                         "mean_iou_accepted": p["mean_iou_accepted"],
+                         "precision_accepted": p["precision_accepted"]}
         compare.append(row)
     out = dict(runs[0])
     out.update({"runs": runs, "compare": compare, "clustering_seconds": round(cluster_s, 3),
                 "params": {"ns": ns, "ka": ka, "kiou": kiou, "kpa": kpa, "kpr": kpr, "chunk": chunk,
                            "oracle": oracle, "seed": seed, "error_rate": error_rate,
+                           "leaf_rule": params.leaf_rule, "acceptance": params.acceptance,
+                           "risk_masks": params.risk_masks,
+                           "calibration": None if calibration is None else str(calibration),
                            "seconds_per_question": seconds_per_question, "reward_usd": reward_usd,
                            "questions_per_hit": questions_per_hit, "budget_questions": budget_questions},
                 "triplets": str(triplets_path)})
@@ -127,9 +146,9 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = 15, 
 
 def simulate(
     triplets: Path = typer.Argument(..., help="Triplets .npz (features, scores, ious, classes).", show_default=False),
-    strategy: List[str] = typer.Option(["heuristic"], "--strategy", "-s",
-                                       help="heuristic, bfs, dfs, dfs-heuristic, universal-threshold, naive, lsun, "
-                                            "or all; repeat or comma-separate to compare."),
+    strategy: List[str] = typer.Option([_SP.strategy], "--strategy", "-s",
+                                       help=f"{', '.join(_STRATEGIES)}, or all; repeat or comma-separate to "
+                                            "compare."),
     ns: int = typer.Option(15, "--ns", help="N_s: masks verified per cluster."),
     ka: float = typer.Option(0.85, "--ka", help="K_a: accept a cluster at Q >= K_a, reject at Q <= 1 - K_a."),
     kiou: float = typer.Option(0.75, "--kiou", help="K_iou: a mask is correct when its IoU >= K_iou."),
@@ -151,6 +170,17 @@ def simulate(
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG/CSV curves."),
     score_weight: float = typer.Option(0.25, "--score-weight", help="Weight of the mask score next to the features in the clustering."),
     exact_limit: int = typer.Option(40_000, "--exact-limit", help="Largest class clustered exactly (memory ~ 8n^2/2 bytes)."),
+    acceptance: str = typer.Option(_SP.acceptance, "--acceptance", help="fixed: accept at Q >= K_a over N_s "
+                                   "answers (the paper). size-aware: also require a sequential test whose error "
+                                   "budget shrinks with the cluster's size (asks more before accepting a large "
+                                   "cluster)."),
+    risk_masks: float = typer.Option(_SP.risk_masks, "--risk-masks", help="size-aware: a cluster of n masks whose "
+                                     "quality is at most K_a - 0.1 is accepted with probability <= risk-masks / n."),
+    leaf_rule: str = typer.Option(_SP.leaf_rule, "--leaf-rule", help="drop: a one-mask leaf with S <= K_pa is "
+                                  "dropped (the paper). ask: it is asked (the authors' code)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="P(accept | S) for the value "
+                                               "strategies: a file from `labelprop calibrate --json` or a "
+                                               "campaign's calibration.json (default: a ramp from K_pa to 1)."),
 ) -> None:
     from orchestrator.errors import check_unit_interval
 
@@ -162,6 +192,7 @@ def simulate(
         seconds_per_question=seconds_per_question, reward_usd=reward_usd,
         questions_per_hit=questions_per_hit, report_at=report_at, out_dir=out,
         score_weight=score_weight, exact_limit=exact_limit, plots=not no_plots,
+        leaf_rule=leaf_rule, acceptance=acceptance, risk_masks=risk_masks, calibration=calibration,
         progress=lambda m: typer.secho(f"labelprop: {m}", err=True, fg=typer.colors.BRIGHT_BLACK))
     text = json.dumps(result, indent=2)
     if json_out is not None:
@@ -171,14 +202,15 @@ def simulate(
 
 DEMO_HELP = """Run a whole simulated campaign on the bundled synthetic data, offline, on CPU.
 
-Creates a campaign in OUT/campaign (init, ingest, cluster, run with simulated annotators,
-export), compares the search strategies of the paper on the same data (OUT/plots), and
-prints a short summary next to the paper's own figures. Takes about a minute.
+Creates a campaign in OUT/campaign (init, ingest, cluster, run with simulated annotators, export), compares the search strategies of the paper on the same data (OUT/plots), and prints a short summary next to the paper's own figures. Takes about a minute.
 
 Example:
 
   labelprop demo --out demo-out
 """
+
+#: compared by `labelprop demo`; the first sets the budget (a quarter of its questions)
+DEMO_STRATEGIES = ("heuristic", "value", "bfs", "dfs", "naive", "universal-threshold", "lsun")
 
 PAPER = {"masks": 4_268_921, "questions": 245_177, "usd": 980, "hours": 114,
          "speedup_vs_polygons": 830}
@@ -227,8 +259,8 @@ def demo(
     sim = None
     if compare:
         say("comparing strategies on the same data (paper Fig. 6b and Fig. 8)")
-        sim = run_simulation(DEMO_PATH, ["heuristic", "bfs", "dfs", "naive", "universal-threshold", "lsun"],
-                             error_rate=error_rate, out_dir=out / "plots", seed=0)
+        sim = run_simulation(DEMO_PATH, list(DEMO_STRATEGIES), error_rate=error_rate, out_dir=out / "plots",
+                             seed=0)
     wall = time.perf_counter() - t0
     mpq = res["accepted_masks"] / max(res["questions"], 1)
     speedup = (res["accepted_masks"] * 80.0) / max(res["questions"] * 1.5, 1e-9)
@@ -253,11 +285,13 @@ def demo(
         lines += ["", f"  strategies at {sim['compare'][0]['budget_questions']:,} questions "
                       f"(a quarter of the heuristic search) and at the end:"]
         ends = {r["strategy"]: r for r in sim["runs"]}
-        for name in ("heuristic", "bfs", "dfs", "naive", "universal-threshold", "lsun"):
+        for name in DEMO_STRATEGIES:
             at = sim["compare"][0][name]
             e = ends[name]
-            lines.append(f"    {name:<20} {at['accepted_masks']:>7,} masks  |  end: {e['accepted_masks']:>7,} masks, "
-                         f"{e['questions']:>6,} questions, precision {e['precision_accepted']:.2f}")
+            prec = "   -" if at["precision_accepted"] is None else f"{at['precision_accepted']:.2f}"
+            lines.append(f"    {name:<20} {at['accepted_masks']:>7,} masks ({prec})  |  end: "
+                         f"{e['accepted_masks']:>7,} masks, {e['questions']:>6,} questions, "
+                         f"precision {e['precision_accepted']:.2f}")
         lines += ["", f"  plots: {sim['files']['fig6_png']}", f"         {sim['files']['fig8_png']}",
                   f"  curves: {sim['files']['curves_csv']}"]
     lines += [f"  campaign: {camp} (try: labelprop status {camp})",

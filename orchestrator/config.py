@@ -18,13 +18,15 @@ from pathlib import Path
 
 import tomli_w
 
+from clustering.twolevel import DEFAULT_PART_SIZE, DEFAULT_REPS
 from orchestrator.atomic import atomic_write_text
 from orchestrator.errors import LabelpropError
+from orchestrator.search import SearchParams as _SP
 
 __all__ = [
     "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
-    "QualificationSection", "AssetsSection", "CrowdSection", "CampaignConfig", "default_config", "load_config",
-    "save_config", "config_path", "resolve_store_url",
+    "QualificationSection", "AssetsSection", "SimulatedSection", "CrowdSection", "CampaignConfig",
+    "default_config", "load_config", "save_config", "config_path", "resolve_store_url", "apply_backend_defaults",
 ]
 
 CONFIG_NAME = "campaign.toml"
@@ -47,21 +49,30 @@ class StoreSection:
 
 @dataclass
 class SearchSection:
-    strategy: str = "heuristic"
-    ns: int = 15
-    ka: float = 0.85
-    kiou: float = 0.75
-    kpa: float = 0.7
-    kpr: float = 0.0
-    chunk: int = 0              # 0: ask all N_s at once; K > 0: sequential, K at a time
+    # defaults are the search's own (orchestrator.search.SearchParams): one place for each number
+    strategy: str = _SP.strategy
+    ns: int = _SP.ns
+    ka: float = _SP.ka
+    kiou: float = _SP.kiou
+    kpa: float = _SP.kpa
+    kpr: float = _SP.kpr
+    chunk: int = _SP.chunk      # 0: ask all N_s at once; K > 0: sequential, K at a time
     budget_questions: int = 0   # 0: no budget
+    leaf_rule: str = _SP.leaf_rule
+    acceptance: str = _SP.acceptance
+    risk_masks: float = _SP.risk_masks
+    bad_margin: float = _SP.bad_margin
+    max_answers: int = _SP.max_answers
+    calibration: str = ""       # calibration.json (relative to the campaign dir) for the value strategies
     class_quotas: dict[str, int] = field(default_factory=dict)  # category name or id -> masks
 
 
 @dataclass
 class ClusteringSection:
     score_weight: float = 0.25
-    exact_limit: int = 40_000
+    exact_limit: int = 0        # 0: derived from the machine's memory (about 70,000 on 24 GiB)
+    part_size: int = DEFAULT_PART_SIZE  # largest part of the two-level path
+    reps: int = DEFAULT_REPS            # representatives per part (distance between parts)
 
 
 @dataclass
@@ -70,9 +81,9 @@ class QualificationSection:
     questions: int = 10
     pass_fraction: float = 0.8
     test_duration_seconds: int = 600
-    retry_delay_seconds: int = 86_400
-    min_percent_approved: int = 95     # built-in PercentAssignmentsApproved (0: off)
-    min_hits_approved: int = 100       # built-in NumberHITsApproved (0: off)
+    retry_delay_seconds: int = 600     # a worker who fails the test may retake it after this (mturk: 1 day)
+    min_percent_approved: int = 0      # built-in PercentAssignmentsApproved (0: off; mturk: 95)
+    min_hits_approved: int = 0         # built-in NumberHITsApproved (0: off; mturk: 100)
     locales: list[str] = field(default_factory=list)  # e.g. ["US", "GB"]; empty: any
     gold_min_accuracy: float = 0.8     # soft-block workers below this gold accuracy
     min_seconds_per_question: float = 0.3  # flag HITs answered faster than this
@@ -80,6 +91,7 @@ class QualificationSection:
     reject_below: float = 0.5          # reject an assignment whose gold accuracy on it is below
     reject_fast: bool = False          # reject (not only flag) implausibly fast assignments
     hold_seconds: int = 21_600         # held answers of a worker on probation expire (re-asked)
+    test_counts_as_gold: bool = True   # the test's questions count toward a worker's gold record
 
 
 @dataclass
@@ -95,6 +107,14 @@ class AssetsSection:
     presign_seconds: int = 0    # 0: public URLs (bucket policy); > 0: presigned GET URLs valid this long
     overlay_size: int = 384     # pixels (square JPEG)
     overlay_context: float = 0.6  # context around the mask box, as a fraction of its larger side
+
+
+@dataclass
+class SimulatedSection:
+    """The simulated crowd of ``backend = "simulated"`` (see orchestrator/crowd/backends/simulated.py)."""
+    workers: str = ""                  # e.g. "ann:accuracy=0.95;bob:spammer"; empty: one worker
+    error_rate: float = 0.0            # the one worker's probability of a wrong answer
+    seconds_per_question: float = 1.5
 
 
 @dataclass
@@ -121,8 +141,10 @@ class CrowdSection:
     ordered: bool = True        # process HITs in posting order (reproducible runs)
     max_reposts: int = 2        # re-post a HIT that expired unanswered at most this often
     concurrency: int = 8        # parallel requests to the crowd platform
+    platform_wait_seconds: int = 900   # `run` waits this long for an unreachable platform, then stops
     qualification: QualificationSection = field(default_factory=QualificationSection)
     assets: AssetsSection = field(default_factory=AssetsSection)
+    simulated: SimulatedSection = field(default_factory=SimulatedSection)
 
 
 @dataclass
@@ -140,32 +162,48 @@ _HEADER = """\
 # [campaign]   name; seed (every random draw derives from it); created (UTC).
 # [store]      url: SQLAlchemy URL of the campaign store. sqlite paths are relative to
 #              this directory; e.g. postgresql+psycopg://user@host/db for many pollers.
-# [search]     strategy: heuristic | bfs | dfs | dfs-heuristic | universal-threshold |
-#              naive | lsun.  ns: questions per cluster (N_s).  ka: accept a cluster
+# [search]     strategy: heuristic | bfs | dfs | dfs-heuristic | value | value-simple
+#              (the simulation baselines universal-threshold, naive, lsun are not
+#              campaign strategies).  ns: questions per cluster (N_s).  ka: accept a cluster
 #              at Q >= ka, reject at Q <= 1-ka, else split (K_a).  kiou: IoU at which a
 #              mask counts as correct (K_iou).  kpa: auto-split clusters with mean
 #              score S <= kpa (K_pa).  kpr: auto-reject at S <= kpr (K_pr).  chunk: 0 asks
 #              all ns at once, K > 0 asks K at a time (sequential sampling).
 #              budget_questions: stop after this many questions (0: no limit).
+#              leaf_rule: drop (a one-mask leaf with S <= kpa is dropped, the paper) | ask
+#              (it is asked, the authors' code).  acceptance: fixed (the paper) |
+#              size-aware (a cluster of n masks is wrongly accepted with probability at
+#              most risk_masks / n: it asks more before accepting a large cluster;
+#              bad_margin: "wrong" is Q <= ka - bad_margin; max_answers: most answers one
+#              cluster collects, 0 = 10 ns).  calibration: file written by `labelprop
+#              calibrate --write` (P(accept | S) for the value strategies; empty: a ramp
+#              from kpa to 1).
 #              [search.class_quotas]: category name (or id) = number of masks wanted.
 # [clustering] score_weight: weight of the mask score next to the features (1.0: as
 #              much as all feature dimensions together; default 0.25).  exact_limit: classes larger
-#              than this are clustered in two levels.
+#              than this are clustered in two levels (0: the largest class whose distance
+#              matrix fits in 80% of the machine's memory, about 70,000 masks on 24 GiB).
+#              part_size: largest part of the two-level path (exact trees inside); reps:
+#              representatives per part for the complete-linkage distance between parts.
 # [crowd]      backend: mturk | server | simulated.  endpoint_url: empty for the
 #              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
 #              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
 #              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
-#              (0: no limit; MTurk fees are added to the reward).  title, description,
+#              (0: no limit, refused by paying platforms such as MTurk production;
+#              fees are added to the reward).  title, description,
 #              keywords: what workers see.  lifetime / assignment duration /
 #              auto-approval delay in seconds.  masters: require Masters (+5% fee).
 #              allow_unsure: offer "unsure" (re-asked).  aggregation (replication):
 #              majority | dawid-skene (crowd-kit).  ordered: process HITs in posting
 #              order, so a resumed or repeated run posts the same HITs.  max_reposts:
 #              re-posts of a HIT that expired unanswered.  concurrency: parallel requests.
+#              platform_wait_seconds: how long `run` waits for an unreachable platform.
 # [crowd.qualification]  a test with an answer key before the first HIT (enabled,
 #              questions, pass_fraction, test_duration_seconds, retry_delay_seconds),
 #              built-in requirements (min_percent_approved, min_hits_approved, locales;
-#              0 or empty: off), gold_min_accuracy (soft-block below), and
+#              0 or empty: off; `init --backend mturk` writes MTurk's usual 95 / 100),
+#              test_counts_as_gold (the test's answers start a worker's gold record),
+#              gold_min_accuracy (soft-block below), and
 #              min_seconds_per_question (flag faster HITs), min_gold_answers (a
 #              worker's answers are held until then), reject_below (reject an assignment
 #              with lower gold accuracy), reject_fast, hold_seconds (held answers expire).
@@ -176,11 +214,28 @@ _HEADER = """\
 #              presign_seconds: 0 for public URLs, else presigned GET URLs valid that long
 #              (at most 604800, and longer than lifetime + assignment duration).
 #              overlay_size (pixels), overlay_context (margin around the mask box).
+#              With the bundled crowd server the files are also uploaded to it.
+# [crowd.simulated]  the crowd of backend = "simulated": workers (a spec such as
+#              "ann:accuracy=0.95;bob:spammer"; empty: one worker), error_rate (that
+#              one worker's), seconds_per_question.
 """
 
 
 def config_path(campaign_dir: str | os.PathLike) -> Path:
     return Path(campaign_dir) / CONFIG_NAME
+
+
+def apply_backend_defaults(cfg: CampaignConfig, backend: str) -> CampaignConfig:
+    """Set ``crowd.backend`` and the defaults that suit it: MTurk's population filters (approval
+    rate 95%, 100 approved HITs) and a one-day test retry delay for ``mturk``; none of them for
+    the bundled server (an in-house team's new workers have no MTurk history)."""
+    cfg.crowd.backend = backend
+    q = cfg.crowd.qualification
+    if backend == "mturk":
+        q.min_percent_approved, q.min_hits_approved, q.retry_delay_seconds = 95, 100, 86_400
+    else:
+        q.min_percent_approved, q.min_hits_approved, q.retry_delay_seconds = 0, 0, 600
+    return cfg
 
 
 def default_config(name: str = "campaign", seed: int = 0) -> CampaignConfig:
@@ -252,7 +307,7 @@ def _from_dict(cls, data: dict, where: str, file: Path):
 
 def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> CampaignConfig:
     """Range checks; raises a one-line :class:`LabelpropError` naming ``file`` and the key."""
-    from orchestrator.search import STRATEGIES
+    from orchestrator.search import ACCEPTANCE_RULES, LEAF_RULES, STRATEGIES
 
     def bad(key: str, msg: str):
         raise LabelpropError(f"{file}: {key} {msg}")
@@ -266,6 +321,18 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
         bad("search.kpr", f"({s.kpr}) must not exceed search.kpa ({s.kpa})")
     if s.strategy not in STRATEGIES:
         bad("search.strategy", f"must be one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
+    if s.leaf_rule not in LEAF_RULES:
+        bad("search.leaf_rule", f"must be one of {', '.join(LEAF_RULES)}, got {s.leaf_rule!r}")
+    if s.acceptance not in ACCEPTANCE_RULES:
+        bad("search.acceptance", f"must be one of {', '.join(ACCEPTANCE_RULES)}, got {s.acceptance!r}")
+    if not s.risk_masks > 0:
+        bad("search.risk_masks", f"must be > 0, got {s.risk_masks!r}")
+    if not 0.0 < s.bad_margin < s.ka:
+        bad("search.bad_margin", f"must be in (0, search.ka), got {s.bad_margin!r}")
+    if s.max_answers < 0:
+        bad("search.max_answers", f"must be 0 (10 ns) or positive, got {s.max_answers}")
+    if s.calibration and (os.path.isabs(s.calibration) or ".." in Path(s.calibration).parts):
+        bad("search.calibration", f"must be a path inside the campaign directory, got {s.calibration!r}")
     if s.ns < 1:
         bad("search.ns", f"must be at least 1, got {s.ns}")
     for k in ("chunk", "budget_questions"):
@@ -274,13 +341,20 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
     c = cfg.clustering
     if c.score_weight < 0:
         bad("clustering.score_weight", f"must be >= 0, got {c.score_weight}")
-    if c.exact_limit < 2:
-        bad("clustering.exact_limit", f"must be at least 2, got {c.exact_limit}")
+    if c.exact_limit != 0 and c.exact_limit < 2:
+        bad("clustering.exact_limit", f"must be at least 2 (or 0: derived from the machine's "
+                                      f"memory), got {c.exact_limit}")
+    if c.part_size < 2:
+        bad("clustering.part_size", f"must be at least 2, got {c.part_size}")
+    if c.reps < 1:
+        bad("clustering.reps", f"must be at least 1, got {c.reps}")
     if not cfg.store.url.strip():
         bad("store.url", "must not be empty")
     w = cfg.crowd
-    if w.backend not in CROWD_BACKENDS:
-        bad("crowd.backend", f"must be one of {', '.join(CROWD_BACKENDS)}, got {w.backend!r}")
+    from orchestrator.crowd.backends import backend_names
+
+    if w.backend not in backend_names():
+        bad("crowd.backend", f"must be one of {', '.join(backend_names())}, got {w.backend!r}")
     for k in ("reward_usd", "budget_usd"):
         if getattr(w, k) < 0:
             bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
@@ -301,6 +375,20 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
             bad(f"crowd.{k}", f"must be >= 0, got {getattr(w, k)}")
     if not 1 <= w.concurrency <= 64:
         bad("crowd.concurrency", f"must be in [1, 64], got {w.concurrency}")
+    if w.platform_wait_seconds < 0:
+        bad("crowd.platform_wait_seconds", f"must be >= 0, got {w.platform_wait_seconds}")
+    sim = w.simulated
+    if not 0.0 <= sim.error_rate <= 1.0:
+        bad("crowd.simulated.error_rate", f"must be in [0, 1], got {sim.error_rate!r}")
+    if not sim.seconds_per_question > 0:
+        bad("crowd.simulated.seconds_per_question", f"must be > 0, got {sim.seconds_per_question!r}")
+    if sim.workers.strip():
+        from orchestrator.crowd_server.simulated_workers import parse_workers_spec
+
+        try:
+            parse_workers_spec(sim.workers)
+        except LabelpropError as exc:
+            bad("crowd.simulated.workers", str(exc).split(": ", 1)[-1])
     q = w.qualification
     for k in ("pass_fraction", "gold_min_accuracy", "reject_below"):
         if not 0.0 <= getattr(q, k) <= 1.0:

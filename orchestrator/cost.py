@@ -1,26 +1,26 @@
-"""Money: MTurk's fee rules and the cost of a campaign, as pure functions.
+"""Money for simulations: the cost of a campaign in dollars, from the fee rules in cents.
 
-Fee rules (mturk-api.md): 20% of reward and bonus, another 20% for HITs with 10 or more
-assignments, at least $0.01 per assignment; Masters adds 5%.  Amounts are rounded to
-the cent per assignment, as MTurk charges.
+The fee rules themselves live in one place, :mod:`orchestrator.crowd.ledger` (integer
+cents, rounded per assignment as the platform charges); these helpers only convert.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from orchestrator.crowd.ledger import MTURK_FEES, cents, usd
+
 __all__ = ["assignment_fee", "assignment_cost", "CostModel"]
 
 
 def assignment_fee(reward: float, max_assignments: int = 1, masters: bool = False) -> float:
-    """Platform fee for one approved assignment paying ``reward`` dollars."""
-    rate = 0.20 + (0.20 if max_assignments >= 10 else 0.0) + (0.05 if masters else 0.0)
-    return max(0.01, round(reward * rate + 1e-9, 2))
+    """MTurk's fee (dollars) for one approved assignment paying ``reward`` dollars."""
+    return usd(MTURK_FEES.fee_cents(cents(reward), max_assignments, masters))
 
 
 def assignment_cost(reward: float, max_assignments: int = 1, masters: bool = False) -> float:
-    """Reward plus fee for one approved assignment."""
-    return round(reward + assignment_fee(reward, max_assignments, masters), 2)
+    """Reward plus fee (dollars) for one approved assignment."""
+    return usd(MTURK_FEES.assignment_cost_cents(cents(reward), max_assignments, masters))
 
 
 @dataclass(frozen=True)
@@ -43,5 +43,5 @@ class CostModel:
 
     def cost(self, questions: int) -> float:
         """Dollars for ``questions`` verification questions packed into HITs."""
-        per = assignment_cost(self.reward_usd, self.assignments_per_hit, self.masters)
-        return round(self.hits(questions) * self.assignments_per_hit * per, 2)
+        per = MTURK_FEES.assignment_cost_cents(cents(self.reward_usd), self.assignments_per_hit, self.masters)
+        return usd(self.hits(questions) * self.assignments_per_hit * per)

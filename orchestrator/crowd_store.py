@@ -26,6 +26,11 @@ They live in the campaign store beside the search tables and are created by
   or discarded).
 * :class:`CrowdWorker`: gold accuracy, counts, soft block.
 * :class:`CrowdForeignHit`: HITs of the campaign's HIT type it never posted (logged once).
+* :class:`CrowdBonus`: a bonus to pay, recorded as an intent before the (not always
+  idempotent) platform call is made with its token.
+
+Columns added after a campaign was created are added to its tables when the store is
+opened (:func:`add_missing_columns`), so older campaigns keep working.
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = ["CrowdSetup", "HitIntent", "CrowdHit", "HitItem", "Gold", "CrowdAssignment",
-           "CrowdAnswer", "CrowdWorker", "CrowdForeignHit", "CROWD_MODELS", "OPEN_INTENT"]
+           "CrowdAnswer", "CrowdWorker", "CrowdForeignHit", "CrowdBonus", "CROWD_MODELS", "OPEN_INTENT",
+           "add_missing_columns"]
 
 OPEN_INTENT = ("intent", "created")
 
@@ -68,6 +74,8 @@ class HitIntent(SQLModel, table=True):
     max_assignments: int = 1
     reserve_cents: int = 0
     reviewable: bool = False                 # remote HIT reviewable and its assignments fetched
+    reposts: int = 0                         # re-posts after expiring unanswered (max: crowd.max_reposts)
+    retired: int = 0                         # 1: its HIT type was replaced, expire it; 2: expired
     first_try_at: Optional[float] = None     # epoch of the first CreateHIT try of this attempt
     created_at: _dt.datetime = Field(default_factory=_now)
     posted_at: Optional[_dt.datetime] = None
@@ -150,7 +158,9 @@ class CrowdAnswer(SQLModel, table=True):
     label: int                                 # 1 yes, 0 no, -1 unsure
     correct: Optional[bool] = None             # gold only
     status: str = Field(index=True)            # gold | held | recorded | pooled | discarded
-    seconds: Optional[float] = None            # per question
+    seconds: Optional[float] = None            # per question (the page's own timing when it sent one)
+    worker_accuracy: Optional[float] = None    # the worker's gold accuracy when the answer was reviewed
+    agreement: Optional[float] = None          # share of the other answers in its cluster with its label
     created_at: _dt.datetime = Field(default_factory=_now)
 
 
@@ -167,6 +177,7 @@ class CrowdWorker(SQLModel, table=True):
     blocked: bool = Field(default=False, index=True)
     blocked_reason: Optional[str] = None
     block_remote_done: bool = False
+    test_credit: int = 0                       # qualification-test answers counted as gold (once)
     first_seen: _dt.datetime = Field(default_factory=_now)
 
 
@@ -177,5 +188,55 @@ class CrowdForeignHit(SQLModel, table=True):
     seen_at: _dt.datetime = Field(default_factory=_now)
 
 
+class CrowdBonus(SQLModel, table=True):
+    __tablename__ = "crowd_bonus"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    worker_id: str = Field(index=True)
+    assignment_id: str
+    bonus_cents: int
+    cost_cents: int                            # bonus + fee, booked when recorded
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    token: str = Field(unique=True)
+    status: str = Field(default="intent", index=True)   # intent | paid | failed
+    error: Optional[str] = None
+    created_at: _dt.datetime = Field(default_factory=_now)
+    paid_at: Optional[_dt.datetime] = None
+
+
 CROWD_MODELS = (CrowdSetup, HitIntent, CrowdHit, HitItem, Gold, CrowdAssignment, CrowdAnswer,
-                CrowdWorker, CrowdForeignHit)
+                CrowdWorker, CrowdForeignHit, CrowdBonus)
+
+
+def add_missing_columns(engine, models=CROWD_MODELS) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for columns a model has and its table lacks (campaigns
+    created by an older labelprop); returns what was added.  Only nullable or defaulted
+    scalar columns are ever added, so existing rows stay valid."""
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    todo = []
+    for m in models:
+        table = m.__table__
+        if not insp.has_table(table.name):
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        todo += [(table.name, col) for col in table.columns if col.name not in have]
+    if not todo:
+        return []
+    added = []
+    with engine.begin() as conn:
+        for tname, col in todo:
+            ctype = col.type.compile(dialect=engine.dialect)
+            default = col.default.arg if col.default is not None and not callable(col.default.arg) else None
+            if isinstance(default, bool):
+                lit = ("1" if default else "0") if engine.dialect.name == "sqlite" else ("TRUE" if default else "FALSE")
+            elif isinstance(default, (int, float)):
+                lit = repr(default)
+            elif isinstance(default, str):
+                lit = "'" + default.replace("'", "''") + "'"
+            else:
+                lit = None
+            clause = f" DEFAULT {lit}" if lit is not None else ""
+            conn.execute(text(f"ALTER TABLE {tname} ADD COLUMN {col.name} {ctype}{clause}"))
+            added.append(f"{tname}.{col.name}")
+    return added

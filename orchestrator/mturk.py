@@ -14,6 +14,9 @@ Reliability:
   mode, which also rate-limits the client after throttling;
 * ``ServiceFault`` (MTurk's "try again later") is retried by :func:`call` with
   exponential backoff and jitter;
+* a platform that cannot be reached (after botocore's retries) raises
+  :class:`~orchestrator.crowd.backends.base.PlatformUnavailable`, which ``labelprop run``
+  waits out with backoff;
 * ``RequestError`` is never retried: it is raised as :class:`TurkError` carrying its
   ``TurkErrorCode`` so callers decide by code (e.g. ``AWS.MechanicalTurk.HitAlreadyExists``
   after a crash: the message names the HIT that the same UniqueRequestToken created).
@@ -25,6 +28,7 @@ import random
 import re
 import time
 
+from orchestrator.crowd.backends.base import PlatformUnavailable
 from orchestrator.errors import LabelpropError
 
 __all__ = ["PRODUCTION_URL", "SANDBOX_URL", "make_client", "resolve_endpoint", "call",
@@ -110,8 +114,8 @@ def call(client, operation: str, /, *, fault_retries: int = 5, base_delay: float
                 continue
             raise TurkError(operation, kind, turk, msg) from None
         except BotoCoreError as exc:
-            raise LabelpropError(f"{operation}: cannot reach the crowd platform at "
-                                 f"{client.meta.endpoint_url}: {exc}") from None
+            raise PlatformUnavailable(f"{operation}: cannot reach the crowd platform at "
+                                      f"{client.meta.endpoint_url}: {exc}") from None
     raise AssertionError("unreachable")
 
 
@@ -128,8 +132,8 @@ def paginate(client, operation: str, key: str, **params):
         raise TurkError(operation, err.get("Code", ""), (exc.response or {}).get("TurkErrorCode", ""),
                         err.get("Message", str(exc))) from None
     except BotoCoreError as exc:
-        raise LabelpropError(f"{operation}: cannot reach the crowd platform at "
-                             f"{client.meta.endpoint_url}: {exc}") from None
+        raise PlatformUnavailable(f"{operation}: cannot reach the crowd platform at "
+                                  f"{client.meta.endpoint_url}: {exc}") from None
 
 
 def existing_hit_id(err: TurkError) -> str | None:

@@ -11,9 +11,9 @@ import numpy as np
 from clustering.tree import Forest
 from orchestrator.errors import LabelpropError
 from orchestrator.results import RunResult, TraceRecorder
-from orchestrator.search import STRATEGIES, TREE_STRATEGIES, NodeState, Search, SearchParams
+from orchestrator.search import BASELINES, STRATEGIES, TREE_STRATEGIES, NodeState, Search, SearchParams
 
-__all__ = ["run_tree_search", "run_strategy", "point", "final"]
+__all__ = ["run_tree_search", "run_strategy", "point", "final", "BASELINE_RUNNERS"]
 
 
 def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.ndarray,
@@ -26,26 +26,27 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
     ious = np.asarray(ious, dtype=np.float64)
     truth = ious >= params.kiou
     search = Search(forest, params, truth=truth if params.oracle else None)
-    cum_iou = np.concatenate([[0.0], np.cumsum(ious[forest.order])])
-    cum_ok = np.concatenate([[0], np.cumsum(truth[forest.order])])
+    cum_iou = np.concatenate([[0.0], np.cumsum(ious[forest.order])]).tolist()
+    cum_ok = np.concatenate([[0], np.cumsum(truth[forest.order])]).tolist()
     rec = TraceRecorder()
-    acc = [0, 0.0, 0, 0]  # masks, iou sum, correct, clusters
+    acc = [0, 0.0, 0, 0, 0]  # masks, iou sum, correct, clusters, largest accepted cluster
+
+    ACC = NodeState.ACCEPTED
+    start, end = search._start, search._end
 
     def flush() -> None:
-        _, decisions = search.drain()
-        changed = False
+        decisions = search.take_decisions()      # accept, reject and split only
+        if not decisions:
+            return
         for d in decisions:
-            if d.state == NodeState.ACCEPTED:
-                s, e = int(forest.start[d.node]), int(forest.end[d.node])
+            if d[1] is ACC:
+                s, e = start[d[0]], end[d[0]]
                 acc[0] += e - s
                 acc[1] += cum_iou[e] - cum_iou[s]
-                acc[2] += int(cum_ok[e] - cum_ok[s])
+                acc[2] += cum_ok[e] - cum_ok[s]
                 acc[3] += 1
-                changed = True
-            elif d.state in (NodeState.REJECTED, NodeState.SPLIT):
-                changed = True
-        if changed:
-            rec.add(search.questions_asked, search.clusters_annotated, acc[0], acc[1], acc[2], acc[3])
+                acc[4] = max(acc[4], e - s)
+        rec.add(search.questions_asked, search.clusters_annotated, acc[0], acc[1], acc[2], acc[3])
 
     while True:
         left = None if budget_questions is None else budget_questions - search.questions_asked
@@ -61,10 +62,36 @@ def run_tree_search(forest: Forest, params: SearchParams, annotators, ious: np.n
         strategy=params.strategy + ("+oracle" if params.oracle else ""),
         accepted=search.accepted_mask(), rejected=search.rejected_mask(),
         questions=search.questions_asked, clusters_annotated=search.clusters_annotated,
-        trace=rec.arrays(), seconds_per_question=seconds_per_question)
+        trace=rec.arrays(), seconds_per_question=seconds_per_question,
+        extra={"largest_accepted_cluster": acc[4]})
 
 
 # ------------------------------------------------------------------ all strategies
+def _naive(triplets, forest, params, annotators, budget_questions, sweep_points):
+    from orchestrator import baselines
+    return baselines.run_naive(triplets.scores, triplets.ious, triplets.classes, annotators,
+                               params.kiou, budget_questions)
+
+
+def _universal(triplets, forest, params, annotators, budget_questions, sweep_points):
+    from orchestrator import baselines
+    return baselines.universal_sweep(forest, triplets.ious, annotators, points=sweep_points,
+                                     ns=params.ns, ka=params.ka, kiou=params.kiou,
+                                     budget_questions=budget_questions, seed=params.seed)
+
+
+def _lsun(triplets, forest, params, annotators, budget_questions, sweep_points):
+    from orchestrator import baselines
+    return baselines.run_lsun(triplets.features, triplets.scores, triplets.ious, triplets.classes,
+                              annotators, kiou=params.kiou, budget_questions=budget_questions,
+                              seed=params.seed)
+
+
+#: the simulation baselines by name (the tree searches are :data:`orchestrator.search.ORDERS`)
+BASELINE_RUNNERS = {"universal-threshold": _universal, "naive": _naive, "lsun": _lsun}
+assert tuple(BASELINE_RUNNERS) == BASELINES
+
+
 def run_strategy(name: str, triplets, forest: Forest, params: SearchParams, annotators,
                  budget_questions: int | None = None, sweep_points: int = 12):
     """Run one named strategy (see :data:`orchestrator.search.STRATEGIES`).
@@ -74,23 +101,13 @@ def run_strategy(name: str, triplets, forest: Forest, params: SearchParams, anno
     """
     from dataclasses import replace
 
-    from orchestrator import baselines
-
     if name in TREE_STRATEGIES:
         return run_tree_search(forest, replace(params, strategy=name), annotators, triplets.ious,
                                budget_questions, annotators.seconds_per_question)
-    if name == "naive":
-        return baselines.run_naive(triplets.scores, triplets.ious, triplets.classes, annotators,
-                                   params.kiou, budget_questions)
-    if name == "universal-threshold":
-        return baselines.universal_sweep(forest, triplets.ious, annotators, points=sweep_points,
-                                         ns=params.ns, ka=params.ka, kiou=params.kiou,
-                                         budget_questions=budget_questions, seed=params.seed)
-    if name == "lsun":
-        return baselines.run_lsun(triplets.features, triplets.scores, triplets.ious, triplets.classes,
-                                  annotators, kiou=params.kiou, budget_questions=budget_questions,
-                                  seed=params.seed)
-    raise LabelpropError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    runner = BASELINE_RUNNERS.get(name)
+    if runner is None:
+        raise LabelpropError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return runner(triplets, forest, params, annotators, budget_questions, sweep_points)
 
 
 def point(result, budget: int | None) -> dict:

@@ -184,10 +184,11 @@ def open_store(target: str | os.PathLike, url: str | None = None, create: bool =
             eng = create_engine(full, pool_pre_ping=True)
         if create:
             # only the campaign's tables: other modules share SQLModel.metadata
-            from orchestrator.crowd_store import CROWD_MODELS   # crowd campaign tables
+            from orchestrator.crowd_store import CROWD_MODELS, add_missing_columns   # crowd campaign tables
 
             SQLModel.metadata.create_all(eng, tables=[m.__table__ for m in
                                                       (*CAMPAIGN_MODELS, *CROWD_MODELS)])
+            add_missing_columns(eng)
             with read_session(eng) as s:
                 v = get_meta(s, "schema_version")
             if v is None:

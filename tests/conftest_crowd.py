@@ -278,3 +278,40 @@ def worker_page(browser):
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     return page, errors
+
+
+# ---------------------------------------------------------------- raw signed requests
+
+def signed_api_headers(srv: CrowdServer, op: str, body: bytes, target: str | None = None) -> dict:
+    """SigV4 headers for a raw API request, signed by botocore exactly as boto3 signs (any body at all)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    req = AWSRequest(method="POST", url=srv.endpoint_url + "/", data=body,
+                     headers={"Content-Type": "application/x-amz-json-1.1",
+                              "X-Amz-Target": target or f"MTurkRequesterServiceV20170117.{op}"})
+    SigV4Auth(Credentials(srv.access_key_id, srv.secret_access_key), "mturk-requester", srv.region).add_auth(req)
+    return dict(req.headers.items())
+
+
+def api_call_raw(srv: CrowdServer, op: str, params, conn=None) -> tuple[int, dict]:
+    """POST one signed API request whose body is ``params`` (bytes as they are, anything else as JSON)."""
+    import http.client
+    body = params if isinstance(params, bytes) else json.dumps(params).encode()
+    own = conn is None
+    if own:
+        host, port = srv.endpoint_url.split("//")[1].rsplit(":", 1)
+        conn = (http.client.HTTPSConnection(host.strip("[]"), int(port), timeout=30, context=srv.ssl_context())
+                if srv.endpoint_url.startswith("https:") else http.client.HTTPConnection(host.strip("[]"), int(port),
+                                                                                       timeout=30))
+    try:
+        conn.request("POST", "/", body=body, headers=signed_api_headers(srv, op, body))
+        r = conn.getresponse()
+        data = r.read()
+        try:
+            return r.status, json.loads(data)
+        except ValueError:
+            return r.status, {"__raw": data.decode("latin-1")}
+    finally:
+        if own:
+            conn.close()

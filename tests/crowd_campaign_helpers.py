@@ -34,6 +34,31 @@ def lp(*args, check=True, env=None, timeout=600, **kw):
     return p
 
 
+class CliOut:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli(*args, check=True, env=None) -> CliOut:
+    """A `labelprop` command run in this process (the same Typer app and error handling as the console
+    script, without a new interpreter per call): returncode 2 and one stderr line on a LabelpropError."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.errors import LabelpropError
+
+    r = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=True)
+    err = r.stderr if r.stderr_bytes is not None else ""
+    code = r.exit_code
+    if isinstance(r.exception, LabelpropError):
+        code, err = 2, err + f"labelprop: error: {r.exception}\n"
+    elif r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    if check and code != 0:
+        raise AssertionError(f"labelprop {' '.join(map(str, args))} failed ({code}):\n{err}")
+    return CliOut(code, r.stdout, err)
+
+
 def crowd_server_in(base: Path, **kw):
     """The bundled crowd server (a subprocess, data in BASE/crowd) serving BASE/assets at
     /assets/, where campaigns publish their overlays: returns ``(server, assets_dir)``."""
@@ -56,20 +81,31 @@ def coco_with_iou(root: Path, **kw):
     return ds
 
 
-def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str, assets_dir: Path, seed: int = 0,
-                        n_images: int = 30, gold_images: int = 12, crowd: dict | None = None,
+def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str = "", assets_dir: Path | None = None,
+                        seed: int = 0, n_images: int = 30, gold_images: int = 12, crowd: dict | None = None,
                         qualification: dict | None = None, search: dict | None = None,
-                        data_seed: int = 3, gold: bool = True, db: str | None = None) -> Path:
+                        data_seed: int = 3, gold: bool = True, db: str | None = None, backend: str = "server",
+                        simulated_workers: str = "") -> Path:
+    """A campaign on the bundled crowd server (``backend="server"``) or on the simulated crowd
+    (``backend="simulated"``, workers from ``simulated_workers``), with the same data and settings."""
     data = base / f"{name}-data"
     ds = coco_with_iou(data / "preds", n_images=n_images, n_categories=3, objects_per_image=(1, 3),
                        preds_per_object=3, seed=data_seed)
     camp = base / name
-    lp("init", camp, "--seed", seed, "--backend", "server", *(["--db", db] if db else []))
+    from orchestrator.cli_campaign import cluster_campaign, init_campaign
+    from orchestrator.cli_crowd import add_gold
+    from orchestrator.ingest import read_predictions, write_predictions
+    from orchestrator.store import open_store
+
+    # in process (the CLI commands' own functions): a campaign per test stays cheap on a loaded machine
+    init_campaign(camp, seed=seed, db=db, backend=backend)
     cfg = load_config(camp)
     cfg.crowd.endpoint_url = endpoint_url
-    cfg.crowd.assets.local_dir = str(assets_dir)
+    if assets_dir is not None:
+        cfg.crowd.assets.local_dir = str(assets_dir)
     cfg.crowd.qualification.min_hits_approved = 0
     cfg.crowd.reward_usd = 0.05
+    cfg.crowd.simulated.workers = simulated_workers
     for k, v in (crowd or {}).items():
         setattr(cfg.crowd, k, v)
     for k, v in (qualification or {}).items():
@@ -77,13 +113,14 @@ def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str, assets_dir:
     for k, v in (search or {}).items():
         setattr(cfg.search, k, v)
     save_config(camp, cfg)
-    lp("ingest", camp, "--results", ds.results_json, "--features", ds.features_npy, "--images", ds.images_json,
-       "--image-root", ds.image_root)
-    lp("cluster", camp)
+    engine = open_store(camp, db)
+    write_predictions(engine, camp, read_predictions(ds.results_json, ds.features_npy, ds.images_json, ds.image_root))
+    engine.dispose()
+    cluster_campaign(camp, db)
     if gold:
         g = coco_with_iou(data / "gold", n_images=gold_images, n_categories=3, objects_per_image=(1, 3),
                           preds_per_object=3, seed=data_seed + 100)
-        lp("gold", camp, "--results", g.results_json, "--images", g.images_json, "--image-root", g.image_root)
+        add_gold(camp, results=g.results_json, images=g.images_json, image_root=g.image_root, db=db)
     return camp
 
 

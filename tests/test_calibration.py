@@ -136,6 +136,11 @@ def test_cli_calibrate_outputs_and_write(held_out, tmp_path):
     cfg2 = load_config(camp)
     assert cfg2.search.kpr == pytest.approx(out["kpr"]) and cfg2.search.kpa == pytest.approx(out["kpa"])
     assert cfg2.search.ns == 11 and cfg2.campaign.name == "c1"         # the rest untouched
+    # the curve is stored beside campaign.toml and named in it; it reads back as printed
+    assert cfg2.search.calibration == "calibration.json"
+    stored = json.loads((camp / "calibration.json").read_text())
+    assert stored["bins"] == out["bins"] and stored["format"] == out["format"]
+    assert out["files"]["calibration_json"] == str(camp / "calibration.json")
     # table output
     res = CliRunner().invoke(_app(), ["calibrate", str(p), "--min-size", "30"])
     assert res.exit_code == 0 and res.stdout.startswith("K_pr = ") and "P_h" in res.stdout
@@ -154,3 +159,90 @@ def test_cli_calibrate_errors(held_out, tmp_path):
              classes=np.zeros(3, np.int64))
     res = CliRunner().invoke(_app(), ["calibrate", str(unl)])
     assert isinstance(res.exception, LabelpropError) and "missing key(s) 'ious'" in str(res.exception)
+
+
+# ---------------------------------------------------------------- the curve for the search
+def test_acceptance_curve_is_monotone_and_interpolates():
+    from orchestrator.calibration import AcceptanceCurve
+
+    bins = [{"s_lo": 0.0, "s_hi": 0.5, "nodes": 10, "p_high": 0.0, "p_low": 0.9},
+            {"s_lo": 0.5, "s_hi": 0.7, "nodes": 0, "p_high": None, "p_low": None},
+            {"s_lo": 0.7, "s_hi": 0.8, "nodes": 30, "p_high": 0.6, "p_low": 0.1},
+            {"s_lo": 0.8, "s_hi": 0.9, "nodes": 10, "p_high": 0.2, "p_low": 0.2},   # a dip: pooled
+            {"s_lo": 0.9, "s_hi": 1.0, "nodes": 20, "p_high": 0.9, "p_low": 0.0}]
+    c = AcceptanceCurve.from_bins(bins, ka=0.85, kiou=0.75)
+    assert c.knots == pytest.approx((0.25, 0.75, 0.85, 0.95))   # the empty bin is skipped
+    assert c.p_high == pytest.approx((0.0, 0.5, 0.5, 0.9))   # (0.6 * 30 + 0.2 * 10) / 40 = 0.5
+    assert c.p_low == pytest.approx((0.9, 0.125, 0.125, 0.0))
+    ph, pl = c.lookup([0.0, 0.25, 0.5, 0.8, 1.0])
+    assert ph == pytest.approx([0.0, 0.0, 0.25, 0.5, 0.9])   # linear between knots, flat outside
+    f = AcceptanceCurve.fallback(0.7)
+    assert f.lookup([0.5, 0.7, 0.85, 1.0])[0] == pytest.approx([0.0, 0.0, 0.5, 1.0])
+    assert not f.lookup([0.9])[1].any()
+
+
+def test_calibration_file_is_validated(tmp_path):
+    from orchestrator.calibration import CALIBRATION_FORMAT, load_curve
+
+    good = {"format": CALIBRATION_FORMAT, "ka": 0.85, "kiou": 0.75,
+            "bins": [{"s_lo": 0.0, "s_hi": 0.5, "nodes": 4, "p_high": 0.0, "p_low": 1.0},
+                     {"s_lo": 0.5, "s_hi": 1.0, "nodes": 2, "p_high": 1.0, "p_low": 0.0}]}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(good))
+    assert load_curve(path).lookup([0.5])[0] == pytest.approx([0.5])   # halfway between the bin centres
+    bad_cases = [
+        ("{not json", "invalid JSON"),
+        (json.dumps({**good, "format": "other"}), "not a labelprop calibration"),
+        (json.dumps({**good, "ka": 2}), "ka must be"),
+        (json.dumps({**good, "bins": []}), "bins must be a non-empty list"),
+        (json.dumps({**good, "bins": [{**good["bins"][0], "p_high": 1.5}]}), "bins[0].p_high"),
+        (json.dumps({**good, "bins": [good["bins"][1], good["bins"][0]]}), "overlaps"),
+        (json.dumps({**good, "bins": [{**good["bins"][0], "nodes": 0, "p_high": None, "p_low": None}]}),
+         "every bin is empty"),
+    ]
+    for text, needle in bad_cases:
+        path.write_text(text)
+        with pytest.raises(LabelpropError) as e:
+            load_curve(path)
+        assert str(path) in str(e.value) and needle in str(e.value), (needle, str(e.value))
+    with pytest.raises(LabelpropError, match="not found"):
+        load_curve(tmp_path / "missing.json")
+    path.write_text(json.dumps(good))
+    with pytest.raises(LabelpropError, match="K_a=0.85.*K_a=0.8"):
+        load_curve(path).check_for(0.8, 0.75, str(path))
+
+
+def test_campaign_value_search_reads_its_calibration(held_out, tmp_path):
+    from orchestrator.calibration import calibrate_forest, write_calibration
+    from orchestrator.campaign import CampaignSearch
+    from orchestrator.config import default_config, load_config, save_config
+    from orchestrator.ingest import read_triplet_predictions, write_predictions
+    from orchestrator.store import open_store
+    from orchestrator.cli_campaign import cluster_campaign, init_campaign
+    from clustering.build import build_forest
+
+    p, t = held_out
+    camp = tmp_path / "camp"
+    init_campaign(camp, name="c")
+    cfg = load_config(camp)
+    cfg.search.strategy = "value"
+    save_config(camp, cfg)
+    write_predictions(open_store(camp), camp, read_triplet_predictions(p))
+    cluster_campaign(camp)
+    cal = calibrate_forest(build_forest(t.features, t.scores, t.classes), t.ious)
+    write_calibration(camp, cal)
+    cs = CampaignSearch(camp)
+    assert cs.params.curve is not None and cs.params.curve.source.endswith("calibration.json")
+    assert cs.params.kpa == pytest.approx(cal.kpa)
+    asks = cs.ask(target=30)
+    assert asks
+    # a damaged or mismatched file is one clear error naming it
+    (camp / "calibration.json").write_text("{")
+    with pytest.raises(LabelpropError, match="calibration.json: invalid JSON"):
+        CampaignSearch(camp)
+    write_calibration(camp, cal)
+    cfg = load_config(camp)
+    cfg.search.ka = 0.9
+    save_config(camp, cfg)
+    with pytest.raises(LabelpropError, match="measured for K_a=0.85"):
+        CampaignSearch(camp)

@@ -38,12 +38,16 @@ def triplets(tmp_path_factory):
     return path, t
 
 
-def make_campaign(tmp_path, triplets_path, name="camp", chunk=0):
+def make_campaign(tmp_path, triplets_path, name="camp", chunk=0, **search):
     camp = tmp_path / name
     lp("init", camp)
-    if chunk:
-        cfg = (camp / "campaign.toml").read_text().replace("chunk = 0", f"chunk = {chunk}")
-        (camp / "campaign.toml").write_text(cfg)
+    if chunk or search:
+        from orchestrator.config import load_config, save_config
+        cfg = load_config(camp)
+        cfg.search.chunk = chunk
+        for k, v in search.items():
+            setattr(cfg.search, k, v)
+        save_config(camp, cfg)
     lp("ingest", camp, "--triplets", triplets_path)
     lp("cluster", camp)
     return camp
@@ -70,10 +74,13 @@ def test_campaign_equals_in_memory_simulation(tmp_path, triplets):
 
 
 @pytest.mark.slow
-def test_run_killed_at_random_points_gives_the_uninterrupted_result(tmp_path, triplets):
+@pytest.mark.parametrize("search,max_kills", [({"strategy": "heuristic"}, 60),
+                                              ({"strategy": "value", "acceptance": "size-aware", "risk_masks": 5.0}, 10)],
+                         ids=["heuristic", "value-size-aware"])
+def test_run_killed_at_random_points_gives_the_uninterrupted_result(tmp_path, triplets, search, max_kills):
     path, t = triplets
     args = ["--json", "--questions-per-step", "2", "--error-rate", "0.1"]
-    ref_camp = make_campaign(tmp_path, path, "ref", chunk=3)
+    ref_camp = make_campaign(tmp_path, path, "ref", chunk=3, **search)
     t0 = time.monotonic()
     ref = json.loads(lp("run", ref_camp, *args).stdout)
     ref_wall = time.monotonic() - t0
@@ -82,10 +89,12 @@ def test_run_killed_at_random_points_gives_the_uninterrupted_result(tmp_path, tr
     lp("--help")
     startup = time.monotonic() - t0
 
-    camp = make_campaign(tmp_path, path, "crash", chunk=3)
+    camp = make_campaign(tmp_path, path, "crash", chunk=3, **search)
     rng = random.Random(7)
     kills = 0
     for attempt in range(60):
+        if kills >= max_kills:      # the rest in one uninterrupted run below
+            break
         p = subprocess.Popen(LABELPROP + ["run", str(camp), *args],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # kill after the imports, within the first third of the work: about a tenth of the

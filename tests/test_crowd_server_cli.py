@@ -1,8 +1,11 @@
 """The command line and ops: help texts, one-line errors, sign-in links, health, logs, shutdown, credentials."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -13,9 +16,9 @@ import urllib.request
 import pytest
 
 try:
-    from conftest_crowd import REPO, run_cli, start_crowd
+    from conftest_crowd import REPO, run_cli, start_crowd, wait_until
 except ImportError:
-    from tests.conftest_crowd import REPO, run_cli, start_crowd
+    from tests.conftest_crowd import REPO, run_cli, start_crowd, wait_until
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -40,7 +43,8 @@ def crowd(tmp_path_factory):
     c.srv.stop()
 
 
-@pytest.mark.parametrize("cmd", [[], ["add-worker"], ["list-workers"], ["credentials"], ["simulate"], ["add-funds"]])
+@pytest.mark.parametrize("cmd", [[], ["add-worker"], ["list-workers"], ["credentials"], ["simulate"], ["add-funds"],
+                                 ["revoke-worker"], ["rotate-credentials"]])
 def test_help_teaches_with_examples(cmd):
     r = run_cli(*cmd, "--help")
     assert r.returncode == 0, r.stderr
@@ -157,3 +161,57 @@ def test_graceful_shutdown_on_sigterm(tmp_path):
         assert srv.client().get_account_balance()["AvailableBalance"] == "10000.00"
     finally:
         srv.stop()
+
+
+def _events(srv) -> list[dict]:
+    return [json.loads(line) for line in srv.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+def _signed_api_request(srv, op: str, body: bytes) -> bytes:
+    """The bytes of a SigV4-signed API request, signed by botocore exactly as boto3 would."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    req = AWSRequest(method="POST", url=srv.endpoint_url + "/", data=body,
+                     headers={"Content-Type": "application/x-amz-json-1.1",
+                              "X-Amz-Target": f"MTurkRequesterServiceV20170117.{op}"})
+    SigV4Auth(Credentials(srv.access_key_id, srv.secret_access_key), "mturk-requester", srv.region).add_auth(req)
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    return (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+            .encode() + body)
+
+
+def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(tmp_path):
+    """The shutdown promise, with no timing in it: a request whose headers the server has received when
+    SIGTERM comes is answered in full (Connection: close) even though its body arrives after the signal;
+    a new connection after the signal is refused; the log ends shutdown, that request, stopped; status 0."""
+    c = start_crowd(tmp_path)
+    srv = c.srv
+    raw = _signed_api_request(srv, "GetAccountBalance", b"{}")
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    s.sendall(raw[:-1])  # all but the last byte of the body: in flight until we send it
+    wait_until(lambda: srv.health()["requests_in_flight"] == 1, what="the request to be in flight")
+    srv.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: any(e["event"] == "shutdown" for e in _events(srv)), what="the shutdown log line")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(raw[-1:])
+    resp = http.client.HTTPResponse(s)
+    resp.begin()
+    assert resp.status == 200 and resp.getheader("Connection") == "close"
+    assert json.loads(resp.read())["AvailableBalance"] == "10000.00"
+    s.close()
+    assert srv.process.wait(60) == 0
+    ev = _events(srv)
+    names = [e["event"] for e in ev]
+    i = names.index("shutdown")
+    after = [e for e in ev[i + 1:] if e["event"] == "request"]
+    assert [(e.get("op"), e["status"]) for e in after] == [("GetAccountBalance", 200)]
+    assert names[-1] == "stopped" and ev[-1]["completed_after_signal"] == 1 and ev[-1]["abandoned"] == 0
+
+
+def test_a_server_that_cannot_bind_leaves_no_data_directory(crowd, tmp_path):
+    fresh = tmp_path / "never-created"
+    r = run_cli("--data-dir", str(fresh), "--port", str(crowd.srv.port))
+    assert r.returncode == 2 and "already in use" in r.stderr
+    assert not fresh.exists()

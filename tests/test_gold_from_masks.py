@@ -116,8 +116,9 @@ def test_from_masks_needs_masks_with_a_known_iou_and_an_image(tmp_path):
 
 
 def test_trees_are_rebuilt_with_the_parameters_they_were_built_with(tmp_path):
-    from clustering.build import ClusterParams, build_forest
+    from clustering.build import build_forest
     from orchestrator.arrays import load_array
+    from orchestrator.cli_campaign import resolve_cluster_params
     from orchestrator.config import load_config
 
     (tmp_path / "assets").mkdir()
@@ -132,7 +133,7 @@ def test_trees_are_rebuilt_with_the_parameters_they_were_built_with(tmp_path):
     eng.dispose()
     cfg = load_config(camp)
     want = build_forest(x["features"], x["scores"], x["classes"],
-                        ClusterParams(score_weight=1.5, exact_limit=cfg.clustering.exact_limit, seed=cfg.campaign.seed),
+                        resolve_cluster_params(cfg, x["features"].shape[1], score_weight=1.5),
                         exclude=ids)
     got = _forest(camp)
     for k in ("order", "left", "right", "leaf_of_mask"):

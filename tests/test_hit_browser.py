@@ -173,3 +173,40 @@ def test_worker_answers_classic_form_hit_with_unsure(env, browser):
     answer = asg[0]["Answer"]
     assert "taskAnswers" not in answer        # classic: one Answer per question
     assert parse_verification_answer(answer) == {"c0": "yes", "c1": "no", "c2": "yes"}
+
+
+def test_a_question_whose_picture_did_not_load_takes_no_answer(env, browser):
+    """A broken image (404): its question is skipped, refuses y/n with a message, and is sent as "broken"."""
+    crowd, urls, classes = env
+    keys = list(urls)[9:12]
+    broken_url = urls[keys[1]].rsplit("/", 1)[0] + "/no-such-overlay.jpg"
+    questions = [HitQuestion("b0", urls[keys[0]], classes[9]), HitQuestion("b1", broken_url, classes[10]),
+                 HitQuestion("b2", urls[keys[2]], classes[11])]
+    tid = crowd.hit_type(Title="Outlines, one picture missing", Reward="0.02", Description="Keyboard: y / n")
+    hit = crowd.hit(tid, render_verification_question(questions), MaxAssignments=1)
+    worker = crowd.srv.add_worker("hit-browser-broken")
+    page, errors = worker_page(browser)
+    try:
+        _open_hit(page, crowd, worker, tid)
+        frame = _accept(page)
+        frame.locator(".lp-q.lp-broken").wait_for(state="attached")
+        assert frame.locator(".lp-q").nth(1).get_attribute("class") == "lp-q lp-broken"
+        assert frame.locator(".lp-q").nth(1).locator("input").evaluate_all("xs => xs.every(x => x.disabled)")
+        page.keyboard.press("y")                  # b0 yes; the broken b1 is skipped
+        assert frame.locator("#lp-count").inner_text() == "3 / 3"
+        page.keyboard.press("Backspace")          # back to b1: it says why it takes no answer
+        assert frame.locator("#lp-broken-msg").is_visible()
+        page.keyboard.press("y")
+        assert "did not load" in frame.locator("#lp-msg").inner_text()
+        assert not frame.locator(".lp-q").nth(1).locator("input[value=yes]").is_checked()
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("n")                  # b2 no
+        assert frame.locator("#submitButton").is_enabled()
+        page.screenshot(path=str(ARTIFACTS / "verification_hit_broken_image.png"))
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/?submitted=*")
+    finally:
+        page.close()
+    assert errors == []
+    asg = crowd.mturk.list_assignments_for_hit(HITId=hit["HITId"])["Assignments"]
+    assert parse_verification_answer(asg[0]["Answer"]) == {"b0": "yes", "b1": "broken", "b2": "no"}

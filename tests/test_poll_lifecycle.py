@@ -313,7 +313,13 @@ def test_held_answers_of_a_worker_on_probation_expire_and_are_asked_again(crowd)
     rel = {q for (q,) in con.execute("select id from question where status = 'discarded'")}
     assert {q for (q,) in held} <= rel
     con.close()
-    # regular workers finish the campaign; nothing of the worker who left decides a node
+    # regular workers finish the campaign; nothing of the worker who left decides a node.  Their own
+    # probation ends with their first HIT and holds no longer expire: on a loaded machine a 2-second
+    # hold would otherwise also expire answers of theirs that are merely waiting for the next pass
+    cfg = load_config(camp)
+    cfg.crowd.qualification.min_gold_answers = 2
+    cfg.crowd.qualification.hold_seconds = 0
+    save_config(camp, cfg)
     srv.simulate("w1:accuracy=1,seed=1,tests=false;w2:accuracy=1,seed=2,tests=false", TruthPolicy(camp),
                  poll_interval=0.05)
     _poll_until_finished(camp, mturk)

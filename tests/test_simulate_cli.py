@@ -102,3 +102,59 @@ def test_console_script_prints_version_and_help():
     assert r.returncode == 0 and r.stdout.strip() == f"labelprop {version('labelprop')}"
     r = subprocess.run([exe], capture_output=True, text=True)          # no command: the help
     assert "Usage: labelprop" in r.stdout and "crowd-server" in r.stdout
+
+
+def test_value_order_spends_a_quarter_budget_better(tmp_path):
+    """Issue 9's bar on the bundled data: at a quarter of the heuristic's questions the
+    value order accepts >= 1.3x the heuristic's masks and >= 1.1x bfs's, precision within
+    0.02 of the heuristic's; run to the end, it accepts exactly what they accept."""
+    r = run_simulation(DEMO_PATH, ["heuristic", "bfs", "value"], plots=False)
+    at = r["compare"][0]
+    h, b, v = at["heuristic"], at["bfs"], at["value"]
+    assert v["accepted_masks"] >= 1.3 * h["accepted_masks"] and v["accepted_masks"] >= 1.1 * b["accepted_masks"]
+    assert v["precision_accepted"] >= h["precision_accepted"] - 0.02
+    ends = {x["strategy"]: (x["accepted_masks"], x["questions"]) for x in r["runs"]}
+    assert len(set(ends.values())) == 1
+
+
+def test_all_strategies_and_the_demo_include_value():
+    from orchestrator.cli_simulate import DEMO_STRATEGIES, _strategies
+    from orchestrator.search import SearchParams
+
+    every = _strategies(["all"])
+    assert "value" in every and "value-simple" in every and "heuristic" in every and "lsun" in every
+    assert _strategies([]) == [SearchParams.strategy] == ["value"]
+    assert DEMO_STRATEGIES[:2] == ("heuristic", "value")   # the demo's budget is the heuristic's
+
+
+def test_simulate_calibration_acceptance_and_leaf_rule_options(tmp_path):
+    held = tmp_path / "held.npz"
+    data = tmp_path / "data.npz"
+    from orchestrator.synth import make_triplets
+    from orchestrator.triplets import save_triplets
+    save_triplets(held, make_triplets(3000, classes=2, dim=8, seed=11))
+    save_triplets(data, make_triplets(3000, classes=2, dim=8, seed=12))
+    p = lp("calibrate", held, "--json")
+    assert p.returncode == 0, p.stderr
+    cal = tmp_path / "cal.json"
+    cal.write_text(p.stdout)
+    p = lp("simulate", data, "-s", "value,heuristic", "--calibration", cal, "--acceptance", "size-aware",
+           "--leaf-rule", "ask", "--risk-masks", "20", "--no-plots")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["strategy"] == "value"
+    assert res["params"]["acceptance"] == "size-aware" and res["params"]["leaf_rule"] == "ask"
+    assert res["params"]["risk_masks"] == 20 and res["params"]["calibration"] == str(cal)
+    assert {x["accepted_masks"] for x in res["runs"]} == {res["accepted_masks"]}
+    # bad input: one line naming the file or option, exit 2
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "labelprop-calibration/1", "ka": 0.85, "kiou": 0.75, "bins": [1]}')
+    for args, needle in [(["--calibration", broken], "broken.json: bins[0]"),
+                         (["--calibration", tmp_path / "none.json"], "none.json: not found"),
+                         (["--calibration", cal, "--ka", "0.9"], "measured for K_a=0.85"),
+                         (["--acceptance", "lucky"], "--acceptance"),
+                         (["--leaf-rule", "keep"], "--leaf-rule"),
+                         (["--risk-masks", "0"], "--risk-masks")]:
+        p = lp("simulate", data, "-s", "value", "--no-plots", *args)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, p.stderr)

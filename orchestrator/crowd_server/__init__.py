@@ -9,13 +9,15 @@ Modules, by what they hold:
 
 - ``api``               the Requester API operations (CreateHIT, ListAssignmentsForHIT, ...)
 - ``sigv4``             SigV4 request verification
+- ``validation``        request parameters checked against botocore's service model
 - ``credentials``       the requester key pair and AWS-format credential/config files
 - ``models``            the SQL tables (sqlmodel)
 - ``store``             data directory, database engine, transactions, clock-driven transitions
 - ``ids``               MTurk-style identifiers
 - ``xml_formats``       Question XML parsing, QuestionFormAnswers writing, AnswerKey scoring
 - ``qualification_checks`` evaluation of QualificationRequirements for a worker
-- ``http_server``       the HTTP server: routing, request logs, health, graceful shutdown
+- ``http_server``       the HTTP server (uvicorn + h11): limits, routing, security headers, logs, health, shutdown
+- ``tls``               certificates: the operator's own, or a local CA and a certificate it signs
 - ``worker_web``        the worker web pages (sign-in, HIT groups, preview/accept/submit, tests)
 - ``simulated_workers`` programmatic workers driving the worker-side HTTP endpoints
 - ``testing``           start a server subprocess on a free port (for tests and the campaign loop)

@@ -21,6 +21,7 @@ from .models import (HIT, Account, Assignment, HITType, Message, Qualification, 
                      RequestToken, Worker)
 from .qualification_checks import BUILTIN, LOCALE, validate_requirements
 from .store import (Store, format_money, hit_available, hit_status, parse_money, reviewable_clause)
+from .validation import validate_input
 from .xml_formats import parse_answer_key, parse_question, parse_test
 
 TOKEN_WINDOW = 24 * 3600
@@ -29,6 +30,7 @@ MAX_PAGE = 100
 OVERRIDE_WINDOW = 30 * 24 * 3600
 MIN_DURATION, MAX_DURATION = 30, 31536000
 MAX_AUTO_APPROVAL = 2592000
+MAX_REWARD_CENTS = 100_000_000  # $1,000,000.00: keeps every sum of money far inside SQLite's 64-bit integers
 
 Op = Callable[["RequesterApi", Session, dict, float], dict]
 OPERATIONS: dict[str, tuple[Op, bool]] = {}  # name -> (function, writes)
@@ -236,6 +238,9 @@ def _hit_type_from_params(s: Session, p: dict, now: float) -> HITType:
         reward = parse_money(_need(p, "Reward"))
     except ValueError as exc:
         raise E.RequestError(f"Reward: {exc}", E.INVALID_PARAMETER) from None
+    if reward > MAX_REWARD_CENTS:
+        raise E.RequestError(f"The value {p['Reward']} for Reward is invalid. It must be at most "
+                             f"{format_money(MAX_REWARD_CENTS)}.", E.PARAMETER_OUT_OF_RANGE)
     title = _str(p, "Title", max_len=128, required=True)
     description = _str(p, "Description", max_len=2000, required=True)
     keywords = _str(p, "Keywords", "", max_len=1000) or ""
@@ -588,9 +593,45 @@ def disassociate_qualification(api, s, p, now):
     return {}
 
 
+def _list_system_values(s: Session, tid: str, p: dict) -> dict:
+    """ListWorkersWithQualificationType on a built-in (system) type: every worker of this server with
+    the value the system computes (labelprop uses it to tell a requester, before posting, whether
+    any worker can meet a HIT type's requirements)."""
+    from .qualification_checks import worker_values
+
+    tok = _decode_token(p, "ListWorkersWithQualificationType")
+    size = _page_size(p)
+    if p.get("Status") not in (None, "Granted"):
+        return {"NumResults": 0, "Qualifications": []}
+    q = select(Worker)
+    if tok:
+        q = q.where(Worker.worker_id > tok["w"])
+    rows = s.exec(q.order_by(Worker.worker_id).limit(size + 1)).all()
+    more, rows = len(rows) > size, rows[:size]
+    quals = []
+    for w in rows:
+        if tid in BUILTIN_NAMES and BUILTIN_NAMES[tid][0] == "Masters":
+            continue
+        v = worker_values(s, w).get(tid)
+        item: dict[str, Any] = {"QualificationTypeId": tid, "WorkerId": w.worker_id, "GrantTime": w.created,
+                                "Status": "Granted"}
+        if tid == LOCALE:
+            item["LocaleValue"] = {"Country": v[0], **({"Subdivision": v[1]} if v[1] else {})}
+        else:
+            item["IntegerValue"] = int(v)
+        quals.append(item)
+    out: dict[str, Any] = {"NumResults": len(quals), "Qualifications": quals}
+    if more:
+        out["NextToken"] = _encode_token({"op": "ListWorkersWithQualificationType", "w": rows[-1].worker_id})
+    return out
+
+
 @operation("ListWorkersWithQualificationType", writes=False)
 def list_workers_with_qualification_type(api, s, p, now):
-    qt = _qual_type(s, _str(p, "QualificationTypeId", required=True))
+    tid = _str(p, "QualificationTypeId", required=True)
+    if tid in BUILTIN_NAMES:
+        return _list_system_values(s, tid, p)
+    qt = _qual_type(s, tid)
     status = p.get("Status")
     if status is not None and status not in ("Granted", "Revoked"):
         raise E.RequestError("Status must be Granted or Revoked", E.INVALID_PARAMETER)
@@ -678,8 +719,7 @@ class RequesterApi:
         entry = OPERATIONS.get(op)
         if entry is None:
             raise E.UnknownOperation(op)
-        if not isinstance(params, dict):
-            raise E.RequestError("The request body must be a JSON object", E.INVALID_PARAMETER)
+        validate_input(op, params)  # types, required members, enums, lengths, patterns: the service model
         fn, writes = entry
         self.store.tick()
         now = clock.now()

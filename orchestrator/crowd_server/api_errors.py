@@ -13,6 +13,7 @@ Authentication failures use the AWS coral shapes (``__type`` ending in
 """
 from __future__ import annotations
 
+import json
 import time
 
 # TurkErrorCodes used by this server (the names MTurk uses where known).
@@ -88,3 +89,35 @@ class UnknownOperation(ApiError):
 
     def body(self) -> dict:
         return {"__type": f"com.amazon.coral.service#{self.type_name}", "message": self.message}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _check_text(value, depth: int = 0) -> None:
+    """Every string (keys too) must be valid Unicode (no lone surrogates from \\ud800-style escapes)."""
+    if depth > 64:
+        raise ValueError("nested too deeply")
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            k.encode("utf-8")
+            _check_text(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v, depth + 1)
+
+
+def parse_json_body(body: bytes):
+    """The request body as JSON: UTF-8, no NaN/Infinity, valid Unicode, bounded nesting; RequestError if not."""
+    if not body:
+        return {}
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        _check_text(value)
+    except (ValueError, RecursionError, UnicodeError):
+        raise RequestError("The request body is not valid JSON (UTF-8, no NaN or Infinity)",
+                           INVALID_PARAMETER) from None
+    return value

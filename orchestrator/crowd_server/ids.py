@@ -55,5 +55,9 @@ def worker_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def session_id() -> str:
+    return secrets.token_urlsafe(32)
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -100,6 +100,17 @@ class Worker(SQLModel, table=True):
     locale_subdivision: Optional[str] = None
     simulated: bool = False
     blocked_reason: Optional[str] = None  # set by CreateWorkerBlock
+    # The sign-in link (token_hash) works until this time; None: no expiry; 0: revoked (revoke-worker).
+    link_expires: Optional[float] = None
+
+
+class WorkerSession(SQLModel, table=True):
+    """A signed-in browser (or programmatic client): the cookie holds the session id, we keep its hash."""
+    __tablename__ = "cs_worker_session"
+    session_hash: str = Field(primary_key=True)
+    worker_id: str = Field(index=True)
+    created: float
+    expires: float
 
 
 class QualificationType(SQLModel, table=True):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import func
@@ -27,27 +28,60 @@ class Access:
     unmet: list[dict] = field(default_factory=list)
 
 
+MAX_REQUIREMENTS = 10
+MAX_SET_INTEGERS = 15   # In / NotIn: "you can use up to 15 IntegerValue elements"
+MAX_SET_LOCALES = 30    # In / NotIn: "you can use up to 30 LocaleValue elements"
+LOCALE_COMPARATORS = {"EqualTo", "NotEqualTo", "In", "NotIn"}
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_SUBDIVISION = re.compile(r"[A-Za-z0-9]{2}")
+
+
 def validate_requirements(reqs: list[dict], known_type) -> None:
-    """Raise ValueError for requirements MTurk would refuse. ``known_type(id)`` says if a custom type exists."""
-    if len(reqs) > 10:
-        raise ValueError("A HIT can have between zero and ten QualificationRequirements")
-    for r in reqs:
+    """Raise ValueError for requirements MTurk would refuse. ``known_type(id)`` says if a custom type exists.
+
+    The shapes (types, enums, required members) are the service model's and were checked before;
+    these are the rules of MTurk's QualificationRequirement documentation.
+    """
+    if len(reqs) > MAX_REQUIREMENTS:
+        raise ValueError(f"A HIT can have between zero and {MAX_REQUIREMENTS} QualificationRequirements")
+    for n, r in enumerate(reqs, 1):
         tid, comp = r.get("QualificationTypeId", ""), r.get("Comparator", "")
+        where = f"QualificationRequirements.{n}"
         if comp not in COMPARATORS:
-            raise ValueError(f"Comparator {comp!r} is not valid")
+            raise ValueError(f"{where}: Comparator {comp!r} is not valid")
         if tid not in BUILTIN and not known_type(tid):
             raise ValueError(f"QualificationType {tid} does not exist")
         ints, locs = r.get("IntegerValues") or [], r.get("LocaleValues") or []
+        if ints and locs:
+            raise ValueError(f"{where}: give IntegerValues or LocaleValues, not both")
+        if tid == LOCALE:
+            if ints:
+                raise ValueError(f"{where}: IntegerValues cannot be used with the Worker_Locale qualification")
+            if comp not in LOCALE_COMPARATORS:
+                raise ValueError(f"{where}: the Worker_Locale qualification takes the comparators "
+                                 f"{', '.join(sorted(LOCALE_COMPARATORS))}, not {comp}")
+        elif locs:
+            raise ValueError(f"{where}: LocaleValues can only be used with the Worker_Locale qualification")
         if comp in ("Exists", "DoesNotExist"):
             if ints or locs:
-                raise ValueError(f"Comparator {comp} takes no IntegerValues or LocaleValues")
+                raise ValueError(f"{where}: Comparator {comp} takes no IntegerValues or LocaleValues")
         elif comp in ("In", "NotIn"):
             if not (ints or locs):
-                raise ValueError(f"Comparator {comp} needs IntegerValues or LocaleValues")
+                raise ValueError(f"{where}: Comparator {comp} needs IntegerValues or LocaleValues")
+            if len(ints) > MAX_SET_INTEGERS:
+                raise ValueError(f"{where}: Comparator {comp} takes at most {MAX_SET_INTEGERS} IntegerValues, "
+                                 f"got {len(ints)}")
+            if len(locs) > MAX_SET_LOCALES:
+                raise ValueError(f"{where}: Comparator {comp} takes at most {MAX_SET_LOCALES} LocaleValues, "
+                                 f"got {len(locs)}")
         elif len(ints) + len(locs) != 1:
-            raise ValueError(f"Comparator {comp} needs exactly one IntegerValue or LocaleValue")
-        if locs and tid != LOCALE:
-            raise ValueError("LocaleValues can only be used with the Worker_Locale qualification")
+            raise ValueError(f"{where}: Comparator {comp} needs exactly one IntegerValue or LocaleValue")
+        for loc in locs:
+            if not _COUNTRY.fullmatch(loc.get("Country", "")):
+                raise ValueError(f"{where}: Country must be an ISO 3166 two-letter code, got {loc.get('Country')!r}")
+            sub = loc.get("Subdivision")
+            if sub is not None and not _SUBDIVISION.fullmatch(sub):
+                raise ValueError(f"{where}: Subdivision must be an ISO 3166-2 two-character code, got {sub!r}")
 
 
 def worker_values(s: Session, worker: Worker) -> dict[str, object]:
@@ -129,3 +163,62 @@ def access_for(s: Session, worker: Worker, requirements_json: str,
             acc.discover = False
         acc.unmet.append(r)
     return acc
+
+
+# ---------------------------------------------------------------- telling a worker what is missing
+
+def pass_mark(s: Session, qualification_type_id: str) -> int | None:
+    """The lowest value that meets every HIT type's requirement on this qualification (the test's
+    pass mark), or None when no HIT type asks a minimum of it."""
+    from .models import HITType
+
+    need = None
+    for reqs_json in s.exec(select(HITType.qualification_requirements)).all():
+        for r in json.loads(reqs_json or "[]"):
+            if r.get("QualificationTypeId") != qualification_type_id:
+                continue
+            ints = r.get("IntegerValues") or [0]
+            v = {"GreaterThanOrEqualTo": ints[0], "GreaterThan": ints[0] + 1, "EqualTo": ints[0]}.get(r["Comparator"])
+            if v is not None:
+                need = v if need is None else max(need, v)
+    return need
+
+
+def describe_unmet(s: Session, worker: Worker, req: dict, values: dict[str, object] | None = None) -> dict:
+    """What one unmet requirement asks, in a worker's words: ``{"text", "action", "url"}``."""
+    values = worker_values(s, worker) if values is None else values
+    tid, comp = req["QualificationTypeId"], req["Comparator"]
+    ints = req.get("IntegerValues") or []
+    have = values.get(tid)
+    x = ints[0] if ints else None
+    words = {"GreaterThanOrEqualTo": "at least", "GreaterThan": "more than", "LessThan": "fewer than",
+             "LessThanOrEqualTo": "at most", "EqualTo": "exactly", "NotEqualTo": "other than"}
+    if tid == NUMBER_APPROVED:
+        return {"text": f"{words.get(comp, comp)} {x} approved HITs (you have {have})", "action": "", "url": ""}
+    if tid == PERCENT_APPROVED:
+        return {"text": f"an approval rate of {words.get(comp, comp)} {x}% (yours is {have}%)", "action": "", "url": ""}
+    if tid == LOCALE:
+        locs = [w.get("Country", "") + (f"-{w['Subdivision']}" if w.get("Subdivision") else "")
+                for w in req.get("LocaleValues") or []]
+        mine = "-".join(p for p in (have or ("?", None)) if p)
+        verb = "outside" if comp in ("NotIn", "NotEqualTo") else "in"
+        return {"text": f"a location {verb} {', '.join(locs)} (yours is {mine})", "action": "", "url": ""}
+    if tid in MASTERS:
+        return {"text": "the Masters qualification, which only Amazon Mechanical Turk grants", "action": "",
+                "url": ""}
+    if tid == ADULT:
+        return {"text": "being 18 or older", "action": "", "url": ""}
+    qt = s.get(QualificationType, tid)
+    name = qt.name if qt is not None else tid
+    if comp == "DoesNotExist":
+        return {"text": f"not holding '{name}'", "action": "", "url": ""}
+    if qt is not None and qt.test is not None:
+        if have is None:
+            return {"text": f"passing the test '{name}'" + (f" (at least {x} of 100)" if x is not None else ""),
+                    "action": "Take the test", "url": f"/qualifications#{tid}"}
+        return {"text": f"passing the test '{name}': your score is {have}" + (f", {x} needed" if x is not None else ""),
+                "action": "Retake the test", "url": f"/qualifications#{tid}"}
+    if comp == "Exists":
+        return {"text": f"the qualification '{name}', which the requester grants", "action": "", "url": ""}
+    return {"text": f"'{name}' of {words.get(comp, comp)} {x}" + (f" (yours is {have})" if have is not None else
+                                                                    " (you do not hold it)"), "action": "", "url": ""}

@@ -282,10 +282,14 @@ def apply_profile(task: SimTask, answers: Mapping[str, Any] | None, rng: random.
 class WorkerSession:
     """A browser-like session of one worker (cookie from the sign-in link)."""
 
-    def __init__(self, base_url: str, token: str, timeout: float = 30.0):
+    def __init__(self, base_url: str, token: str, timeout: float = 30.0, cafile: str | None = None):
         self.base = base_url.rstrip("/")
         self.jar = CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        handlers: list = [urllib.request.HTTPCookieProcessor(self.jar)]
+        if self.base.startswith("https:"):
+            from .tls import client_context
+            handlers.append(urllib.request.HTTPSHandler(context=client_context(cafile)))
+        self.opener = urllib.request.build_opener(*handlers)
         self.timeout = timeout
         me = self.request("GET", f"/signin/{quote(token)}")
         self.worker_id = me["workerId"]
@@ -334,8 +338,9 @@ class WorkerStats:
 
 class SimulatedWorker(threading.Thread):
     def __init__(self, base_url: str, profile: WorkerProfile, token: str, policy: Policy | None,
-                 stop: threading.Event, poll_interval: float = 0.2):
+                 stop: threading.Event, poll_interval: float = 0.2, cafile: str | None = None):
         super().__init__(name=f"sim-worker-{profile.name}", daemon=True)
+        self.cafile = cafile
         self.base_url, self.profile, self.token, self.policy = base_url, profile, token, policy
         self.stop_event, self.poll = stop, poll_interval
         self.rng = random.Random(profile.seed)
@@ -345,7 +350,7 @@ class SimulatedWorker(threading.Thread):
 
     def run(self) -> None:
         try:
-            s = WorkerSession(self.base_url, self.token)
+            s = WorkerSession(self.base_url, self.token, cafile=self.cafile)
         except Exception as exc:  # server gone or bad token
             self.stats.errors += 1
             self.stats.last_error = f"sign-in failed: {exc}"
@@ -436,9 +441,9 @@ class SimulatedWorkerPool:
     """Threads of simulated workers against one crowd server.  Use ``start_pool`` to build one."""
 
     def __init__(self, base_url: str, workers: list[tuple[WorkerProfile, str]], policy: Policy | None,
-                 poll_interval: float = 0.2):
+                 poll_interval: float = 0.2, cafile: str | None = None):
         self.stop_event = threading.Event()
-        self.workers = [SimulatedWorker(base_url, p, tok, policy, self.stop_event, poll_interval)
+        self.workers = [SimulatedWorker(base_url, p, tok, policy, self.stop_event, poll_interval, cafile)
                         for p, tok in workers]
 
     def start(self) -> "SimulatedWorkerPool":
@@ -479,13 +484,18 @@ def provision(store, profiles: list[WorkerProfile]) -> list[tuple[WorkerProfile,
 
 
 def start_pool(endpoint_url: str, workers: "str | list[WorkerProfile]", policy: "str | Policy | None" = None,
-               *, data_dir: str | Path | None = None, store=None, poll_interval: float = 0.2) -> SimulatedWorkerPool:
+               *, data_dir: str | Path | None = None, store=None, poll_interval: float = 0.2,
+               cafile: str | None = None) -> SimulatedWorkerPool:
     """Start simulated workers against a running server.
 
     ``workers``: a spec string or profiles; ``policy``: callable, 'module:function' or answers .json;
     the workers are created in the server's database (``data_dir`` or an open ``store``).
+    ``cafile``: the CA that signed an HTTPS server's certificate (default: the running server's, from
+    ``data_dir``'s server.json, when it made its own).
     """
-    from .store import Store
+    from .store import Store, read_server_info
+    if cafile is None and data_dir is not None:
+        cafile = (read_server_info(Path(data_dir)) or {}).get("ca_file")
     profiles = parse_workers_spec(workers) if isinstance(workers, str) else list(workers)
     pol = load_policy(policy)
     if pol is None and not all(p.spammer for p in profiles):
@@ -501,4 +511,4 @@ def start_pool(endpoint_url: str, workers: "str | list[WorkerProfile]", policy: 
     finally:
         if own:
             store.close()
-    return SimulatedWorkerPool(endpoint_url, creds, pol, poll_interval).start()
+    return SimulatedWorkerPool(endpoint_url, creds, pol, poll_interval, cafile).start()

@@ -23,7 +23,11 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from . import clock
 from . import ids
-from .models import HIT, Account, Assignment, Setting, Worker
+from .models import HIT, Account, Assignment, Setting, Worker, WorkerSession
+
+# Columns added after the first release: (table, column, SQL type); added to older databases on open.
+_ADDED_COLUMNS = [("cs_worker", "link_expires", "FLOAT")]
+LINK_REVOKED = 0.0
 
 DB_NAME = "crowd.sqlite3"
 DEFAULT_BALANCE = "10000.00"  # like the MTurk sandbox
@@ -116,6 +120,7 @@ class Store:
         for engine, begin in ((self.read_engine, "BEGIN"), (self.write_engine, "BEGIN IMMEDIATE")):
             self._configure(engine, begin, synchronous)
         SQLModel.metadata.create_all(self.write_engine)
+        self._add_missing_columns()
         if self.db_path.exists():
             os.chmod(self.db_path, 0o600)
         with self.write() as s:
@@ -139,6 +144,13 @@ class Store:
         @event.listens_for(engine, "begin")
         def _on_begin(conn):  # pragma: no cover - trivial
             conn.exec_driver_sql(begin_sql)
+
+    def _add_missing_columns(self) -> None:
+        with self.write_engine.begin() as conn:
+            for table, column, sql_type in _ADDED_COLUMNS:
+                have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
     def close(self) -> None:
         self.read_engine.dispose()
@@ -218,26 +230,99 @@ class Store:
     # ------------------------------------------------------------ workers (also used by the CLI)
 
     def add_worker(self, name: str, *, locale: str = "US", simulated: bool = False,
-                   rotate_if_exists: bool = False) -> tuple[Worker, str]:
-        """Create a worker (or give an existing one a new sign-in token); returns (worker, token)."""
+                   rotate_if_exists: bool = False, link_seconds: float | None = None) -> tuple[Worker, str]:
+        """Create a worker (or give an existing one a new sign-in link); returns (worker, token).
+
+        ``link_seconds``: the link works for that long (None: no expiry).  A new link for an existing
+        worker ends the old link and every session signed in with it.
+        """
         token = ids.worker_token()
+        now = clock.now()
+        expires = now + link_seconds if link_seconds is not None else None
         with self.write() as s:
             w = s.exec(select(Worker).where(Worker.name == name)).first()
             if w is not None:
                 if not rotate_if_exists:
                     raise KeyError(name)
                 w.token_hash = ids.token_hash(token)
+                w.link_expires = expires
+                self._end_sessions(s, w.worker_id)
             else:
                 country, _, sub = locale.partition("-")
                 w = Worker(worker_id=ids.worker_id(), name=name, token_hash=ids.token_hash(token),
-                           created=clock.now(), locale_country=country.upper(),
-                           locale_subdivision=sub.upper() or None, simulated=simulated)
+                           created=now, locale_country=country.upper(),
+                           locale_subdivision=sub.upper() or None, simulated=simulated, link_expires=expires)
             s.add(w)
         return w, token
 
-    def worker_by_token(self, token: str) -> Worker | None:
+    @staticmethod
+    def _end_sessions(s: Session, worker_id: str) -> int:
+        rows = s.exec(select(WorkerSession).where(WorkerSession.worker_id == worker_id)).all()
+        for r in rows:
+            s.delete(r)
+        return len(rows)
+
+    def find_worker(self, name_or_id: str) -> Worker | None:
         with self.read() as s:
-            return s.exec(select(Worker).where(Worker.token_hash == ids.token_hash(token))).first()
+            return s.exec(select(Worker).where((Worker.name == name_or_id) | (Worker.worker_id == name_or_id))).first()
+
+    def revoke_worker(self, name_or_id: str) -> tuple[Worker, int]:
+        """End the worker's sign-in link and every session; returns (worker, sessions ended). KeyError if unknown."""
+        with self.write() as s:
+            w = s.exec(select(Worker).where((Worker.name == name_or_id) | (Worker.worker_id == name_or_id))).first()
+            if w is None:
+                raise KeyError(name_or_id)
+            w.token_hash = ids.token_hash("revoked:" + ids.worker_token())  # matches no link
+            w.link_expires = LINK_REVOKED
+            s.add(w)
+            return w, self._end_sessions(s, w.worker_id)
+
+    def worker_by_token(self, token: str) -> Worker | None:
+        """The worker whose sign-in link this is, if the link is still valid."""
+        with self.read() as s:
+            w = s.exec(select(Worker).where(Worker.token_hash == ids.token_hash(token))).first()
+        if w is None or (w.link_expires is not None and w.link_expires <= clock.now()):
+            return None
+        return w
+
+    def link_state(self, token: str) -> str:
+        """'valid', 'expired' or 'unknown' (never issued, replaced or revoked)."""
+        with self.read() as s:
+            w = s.exec(select(Worker).where(Worker.token_hash == ids.token_hash(token))).first()
+        if w is None:
+            return "unknown"
+        return "expired" if w.link_expires is not None and w.link_expires <= clock.now() else "valid"
+
+    def start_session(self, w: Worker, seconds: float) -> tuple[str, float]:
+        """A new session for a signed-in worker; returns (session id, expiry time)."""
+        sid = ids.session_id()
+        now = clock.now()
+        with self.write() as s:
+            s.add(WorkerSession(session_hash=ids.token_hash(sid), worker_id=w.worker_id, created=now,
+                                expires=now + seconds))
+            # Housekeeping: expired sessions go when new ones come.
+            for old in s.exec(select(WorkerSession).where(WorkerSession.expires <= now)).all():
+                s.delete(old)
+        return sid, now + seconds
+
+    def worker_by_session(self, sid: str) -> Worker | None:
+        with self.read() as s:
+            row = s.get(WorkerSession, ids.token_hash(sid))
+            if row is None or row.expires <= clock.now():
+                return None
+            return s.get(Worker, row.worker_id)
+
+    def end_session(self, sid: str) -> None:
+        with self.write() as s:
+            row = s.get(WorkerSession, ids.token_hash(sid))
+            if row is not None:
+                s.delete(row)
+
+    def session_counts(self) -> dict[str, int]:
+        now = clock.now()
+        with self.read() as s:
+            return dict(s.exec(select(WorkerSession.worker_id, func.count()).where(WorkerSession.expires > now)
+                               .group_by(WorkerSession.worker_id)).all())
 
     def list_workers(self) -> list[Worker]:
         with self.read() as s:

@@ -48,6 +48,8 @@ class CrowdServer:
     host: str = "127.0.0.1"
     port: int = 0
     extra_args: tuple = ()
+    ca_file: str | None = None          # under --tls self-signed: the CA to trust (boto3 verify=)
+    public_url: str | None = None
     _pools: list = field(default_factory=list)
 
     # ------------------------------------------------------------ requester side
@@ -60,15 +62,20 @@ class CrowdServer:
                          "read_timeout": 30} | config))
         return boto3.client("mturk", endpoint_url=self.endpoint_url, region_name=self.region,
                             aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key,
-                            config=cfg)
+                            config=cfg, **({"verify": self.ca_file} if self.ca_file else {}))
 
     def env(self) -> dict[str, str]:
         return {"AWS_SHARED_CREDENTIALS_FILE": str(cm.credentials_path(self.data_dir)),
                 "AWS_CONFIG_FILE": str(cm.config_path(self.data_dir)), "AWS_PROFILE": cm.PROFILE,
                 "AWS_DEFAULT_REGION": self.region, "AWS_ENDPOINT_URL_MTURK": self.endpoint_url}
 
+    def ssl_context(self):
+        """For urllib and friends: trusts the server's own CA under --tls self-signed."""
+        from .tls import client_context
+        return client_context(self.ca_file) if self.endpoint_url.startswith("https:") else None
+
     def health(self) -> dict:
-        with urllib.request.urlopen(self.endpoint_url + "/health", timeout=5) as r:
+        with urllib.request.urlopen(self.endpoint_url + "/health", timeout=5, context=self.ssl_context()) as r:
             return json.loads(r.read())
 
     # ------------------------------------------------------------ worker side
@@ -87,7 +94,8 @@ class CrowdServer:
     def simulate(self, workers, policy=None, poll_interval: float = 0.1):
         """Start simulated workers (spec string or WorkerProfile list; policy callable / 'mod:fn' / .json)."""
         from .simulated_workers import start_pool
-        pool = start_pool(self.endpoint_url, workers, policy, data_dir=self.data_dir, poll_interval=poll_interval)
+        pool = start_pool(self.endpoint_url, workers, policy, data_dir=self.data_dir, poll_interval=poll_interval,
+                          cafile=self.ca_file)
         self._pools.append(pool)
         return pool
 
@@ -134,10 +142,18 @@ class CrowdServer:
 
 def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  extra_args: Sequence[str] = (), timeout: float = 30.0, log_path: str | Path | None = None,
-                 env: dict | None = None, assets_dir: str | Path | None = None) -> CrowdServer:
+                 env: dict | None = None, assets_dir: str | Path | None = None,
+                 ca_file: str | Path | None = None, python: str | None = None,
+                 repo: str | Path | None = None) -> CrowdServer:
     """Start ``python -m orchestrator.crowd_server`` and wait until it answers /health.
 
+    ``ca_file``: the CA to trust for an HTTPS server started with ``--tls-cert`` (with ``--tls self-signed``
+    the server's own CA is found by itself).
+
     ``assets_dir``: also serve that directory at ``{endpoint_url}/assets/...`` (``--assets DIR``).
+
+    ``python``/``repo``: run the server of another checkout with its own interpreter (benchmarks compare
+    two versions this way); default: this checkout, this interpreter.
 
     ``port=0`` picks a free port (race-free: the server binds it and reports it in server.json).
     Logs (stdout and the JSON request log on stderr) go to ``log_path`` (default DATA_DIR/server.log).
@@ -148,14 +164,14 @@ def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0
         extra_args = (*extra_args, "--assets", str(Path(assets_dir).resolve()))
     info_path = server_info_path(data_dir)
     log_path = Path(log_path) if log_path else data_dir / "server.log"
-    cmd = [sys.executable, "-m", "orchestrator.crowd_server", "--host", host, "--port", str(port),
+    cmd = [python or sys.executable, "-m", "orchestrator.crowd_server", "--host", host, "--port", str(port),
            "--data-dir", str(data_dir), *extra_args]
     penv = dict(os.environ if env is None else env)
-    repo_root = str(Path(__file__).resolve().parents[2])
+    repo_root = str(Path(repo).resolve() if repo else Path(__file__).resolve().parents[2])
     penv["PYTHONPATH"] = repo_root + (os.pathsep + penv["PYTHONPATH"] if penv.get("PYTHONPATH") else "")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=penv, start_new_session=True)
+                                env=penv, start_new_session=True, cwd=repo_root if repo else None)
     deadline = time.time() + timeout
     info = None
     while time.time() < deadline:
@@ -175,7 +191,8 @@ def start_server(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0
         raise ServerStartError(f"crowd server did not start within {timeout} s; see {log_path}")
     creds = cm.load(data_dir)
     srv = CrowdServer(info["endpoint_url"], data_dir, creds.access_key_id, creds.secret_access_key, creds.region,
-                      proc, log_path, host=host, port=info["port"], extra_args=tuple(extra_args))
+                      proc, log_path, host=host, port=info["port"], extra_args=tuple(extra_args),
+                      ca_file=str(ca_file) if ca_file else info.get("ca_file"), public_url=info.get("public_url"))
     while time.time() < deadline:
         try:
             if srv.health()["status"] == "ok":

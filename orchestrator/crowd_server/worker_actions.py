@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from . import clock
 from . import ids
 from .models import HIT, Assignment, HITType, Message, Qualification, QualificationType, TestAttempt, Worker
-from .qualification_checks import access_for, worker_values
+from .qualification_checks import access_for, describe_unmet, pass_mark, worker_values
 from .store import Store, format_money, hit_available, open_clause
 from .xml_formats import (answers_xml, form_fields_to_answers, parse_answer_key, parse_question,
                           parse_test, question_form_answers, score_test)
@@ -39,26 +39,52 @@ class Group:
     can_preview: bool
     can_accept: bool
     unmet: list
+    needs: list = None           # the unmet requirements in a worker's words (describe_unmet)
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
 
 
+SESSION_SECONDS = 14 * 24 * 3600  # a sign-in lasts two weeks; then the worker opens their link again
+
+
 class WorkerActions:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, session_seconds: float = SESSION_SECONDS):
         self.store = store
+        self.session_seconds = session_seconds
 
     # ------------------------------------------------------------ identity
 
-    def authenticate(self, token: str | None) -> Worker:
-        if not token:
+    def authenticate(self, credential: str | None, *, bearer: bool = False) -> Worker:
+        """The worker behind a session id (the cookie); with ``bearer`` (an ``Authorization: Bearer`` header
+        from a programmatic client) also a sign-in token whose link is still valid."""
+        if not credential:
             raise WorkerError(401, "Sign in with the personal link your requester gave you.")
-        w = self.store.worker_by_token(token)
+        w = self.store.worker_by_session(credential) or (self.store.worker_by_token(credential) if bearer else None)
         if w is None:
-            raise WorkerError(401, "This sign-in link is not valid (it may have been replaced by a newer one).")
+            raise WorkerError(401, "You are not signed in, or your sign-in has expired or was revoked. "
+                                   "Open your personal sign-in link again (ask your requester for a new one).")
         if w.blocked_reason is not None:
             raise WorkerError(403, "Your account has been blocked by the requester.")
         return w
+
+    def sign_in(self, token: str) -> tuple[Worker, str, float]:
+        """Open a session with a sign-in link's token; returns (worker, session id, seconds it lasts)."""
+        w = self.store.worker_by_token(token) if token else None
+        if w is None:
+            state = self.store.link_state(token) if token else "unknown"
+            if state == "expired":
+                raise WorkerError(401, "This sign-in link has expired. Ask your requester for a new one.")
+            raise WorkerError(401, "This sign-in link is not valid (it may have been replaced by a newer one, "
+                                   "or revoked). Ask your requester for a new one.")
+        if w.blocked_reason is not None:
+            raise WorkerError(403, "Your account has been blocked by the requester.")
+        sid, _expires = self.store.start_session(w, self.session_seconds)
+        return w, sid, self.session_seconds
+
+    def sign_out(self, session_id: str | None) -> None:
+        if session_id:
+            self.store.end_session(session_id)
 
     # ------------------------------------------------------------ discovery
 
@@ -78,7 +104,8 @@ class WorkerActions:
                 if not acc.discover:
                     continue
                 out.append(Group(tid, ht.title, ht.description, ht.keywords, format_money(ht.reward_cents),
-                                 ht.assignment_duration, n, acc.preview, acc.accept, acc.unmet))
+                                 ht.assignment_duration, n, acc.preview, acc.accept, acc.unmet,
+                                 [describe_unmet(s, w, r, values) for r in acc.unmet]))
             out.sort(key=lambda g: (not g.can_accept, g.title))
             return out
 
@@ -95,7 +122,8 @@ class WorkerActions:
             ht = s.get(HITType, h.hit_type_id)
             acc = access_for(s, w, ht.qualification_requirements)
             if not acc.preview:
-                raise WorkerError(403, "You do not meet the qualification requirements to preview this HIT.")
+                needs = "; ".join(d["text"] for d in (describe_unmet(s, w, r) for r in acc.unmet))
+                raise WorkerError(403, f"You cannot preview this HIT yet. It needs {needs}.")
             return h, ht
 
     def _find(self, s: Session, w: Worker, hit_type_id: str | None, hit_id: str | None, now: float) -> HIT:
@@ -117,8 +145,10 @@ class WorkerActions:
         with self.store.write() as s:
             h = self._find(s, w, hit_type_id, hit_id, now)
             ht = s.get(HITType, h.hit_type_id)
-            if not access_for(s, w, ht.qualification_requirements).accept:
-                raise WorkerError(403, "You do not meet the qualification requirements to accept this HIT.")
+            acc = access_for(s, w, ht.qualification_requirements)
+            if not acc.accept:
+                needs = "; ".join(d["text"] for d in (describe_unmet(s, w, r) for r in acc.unmet))
+                raise WorkerError(403, f"You cannot accept this HIT yet. It needs {needs}.")
             if h.reviewing or h.expiration <= now or hit_available(h) <= 0:
                 raise WorkerError(409, "This HIT is no longer available.")
             mine = s.exec(select(Assignment).where(Assignment.hit_id == h.hit_id, Assignment.worker_id == w.worker_id,
@@ -219,17 +249,26 @@ class WorkerActions:
             for qt in s.exec(select(QualificationType).where(QualificationType.status == "Active")
                              .order_by(QualificationType.created)).all():
                 q = s.get(Qualification, (qt.qualification_type_id, w.worker_id))
+                if qt.test is None and not qt.auto_granted and (q is None or q.status != "Granted"):
+                    continue        # granted by the requester alone, and not to this worker: nothing to do
                 can, why = self._can_request(s, w, qt, now)
+                mark = pass_mark(s, qt.qualification_type_id) if qt.test is not None else None
+                held = q is not None and q.status == "Granted"
+                passed = None if not held or mark is None else q.integer_value >= mark
                 out.append({"id": qt.qualification_type_id, "name": qt.name, "description": qt.description,
                             "hasTest": qt.test is not None, "autoGranted": qt.auto_granted,
                             "status": q.status if q else None, "value": q.integer_value if q else None,
-                            "canRequest": can, "why": why})
+                            "passMark": mark, "passed": passed, "canRequest": can, "why": why})
             return out
 
     def _can_request(self, s: Session, w: Worker, qt: QualificationType, now: float) -> tuple[bool, str]:
+        """A worker may take a test they do not hold, or retake one whose score is below the pass mark
+        that the requester's HIT types ask -- once the test's retry delay has passed."""
         q = s.get(Qualification, (qt.qualification_type_id, w.worker_id))
         if q is not None and q.status == "Granted":
-            return False, "You already hold this qualification."
+            mark = pass_mark(s, qt.qualification_type_id) if qt.test is not None else None
+            if mark is None or q.integer_value >= mark:
+                return False, "You already hold this qualification."
         if qt.test is None and not qt.auto_granted:
             return False, "This qualification is granted by the requester."
         last = s.exec(select(TestAttempt).where(TestAttempt.qualification_type_id == qt.qualification_type_id,
@@ -238,9 +277,9 @@ class WorkerActions:
                       .order_by(TestAttempt.id.desc())).first()
         if last is not None:
             if qt.retry_delay is None:
-                return False, "Retries are not allowed for this qualification."
+                return False, "This test cannot be retaken."
             if last.finished + qt.retry_delay > now:
-                return False, f"You can retry in {int(last.finished + qt.retry_delay - now) + 1} s."
+                return False, f"You can retake the test in {_duration(last.finished + qt.retry_delay - now)}."
         return True, ""
 
     def start_test(self, w: Worker, qtid: str) -> tuple[QualificationType, TestAttempt | None]:
@@ -300,5 +339,30 @@ class WorkerActions:
             s.add(att)
             s.merge(Qualification(qualification_type_id=qtid, worker_id=w.worker_id, integer_value=score,
                                   status="Granted", grant_time=now))
-            return {"status": "granted", "score": score,
-                    "message": f"You have been granted '{qt.name}' with a score of {score}."}
+            mark = pass_mark(s, qtid)
+            passed = None if mark is None else score >= mark
+            if qt.retry_delay is None:
+                retake = "This test cannot be retaken."
+            else:
+                retake = f"You can retake it in {_duration(qt.retry_delay)}, on the Qualifications page."
+            if passed is False:
+                message = f"Not passed this time: your score is {score}, and {mark} is needed. {retake}"
+            elif passed:
+                message = f"You passed '{qt.name}' with a score of {score} ({mark} needed). You can now work on its HITs."
+            else:
+                message = f"You have been granted '{qt.name}' with a score of {score}."
+            return {"status": "granted", "score": score, "passMark": mark, "passed": passed,
+                    "retryDelay": qt.retry_delay, "message": message, "name": qt.name}
+
+
+def _duration(seconds: float) -> str:
+    """'45 seconds', '10 minutes', '2 hours', '1 day' (rounded up)."""
+    import math
+
+    seconds = max(0.0, float(seconds))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = math.ceil(seconds / size - 1e-9)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    n = max(1, math.ceil(seconds))
+    return f"{n} second{'s' if n != 1 else ''}"

@@ -15,9 +15,13 @@ offline: ``https://assets.crowd.aws/crowd-html-elements.js`` ->
 ``/static/externalHIT_v1.js``, ``https://www.mturk.com/mturk/externalSubmit`` ->
 ``/mturk/externalSubmit``.
 
-With an assets directory (``labelprop crowd-server --assets DIR``), ``GET /assets/<path>``
-serves the files under DIR with no sign-in, like a public S3 bucket: the mask overlays
-that labelprop publishes with ``orchestrator.assets.LocalAssetStore``.
+Assets (the mask overlays HITs show) are public, like objects of a public S3 bucket:
+``GET /assets/<name>`` serves a file uploaded by a requester (``POST /assets/<name>``, the
+body being the file, signed with the requester's key exactly like a Requester API call;
+files live in ``DATA_DIR/assets`` and never change once written), or a file under the
+``--assets DIR`` directory.  Every campaign that posts to this server uploads its overlays
+(``orchestrator.assets.LocalAssetStore`` with the server as its mirror), so the images of
+every campaign load, whatever machine the campaign runs on.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from .worker_actions import WorkerActions, WorkerError
 from .xml_formats import ASSIGNMENT_ID_NOT_AVAILABLE, parse_question
 
 COOKIE = "lp_worker"
+SECURE_COOKIE = "__Host-lp_worker"  # under TLS: Secure, host-only, Path=/ (the browser enforces the prefix)
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".png": "image/png", ".svg": "image/svg+xml"}
 REWRITES = [
@@ -46,7 +51,12 @@ REWRITES = [
 ASSET_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif", ".svg": "image/svg+xml", ".json": "application/json", ".css": "text/css"}
 _ASSET_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-SANDBOX = "allow-scripts allow-forms allow-popups allow-modals allow-top-navigation"
+# HIT content runs in an opaque origin (no allow-same-origin), so it never has the worker's authority;
+# it may open popups (sandboxed too) and navigate the top window only on the worker's own click.  The
+# same flags go out as a Content-Security-Policy sandbox header with every HIT-content response, so the
+# content is sandboxed even when it is opened on its own (see http_server).
+SANDBOX = ("allow-scripts allow-forms allow-popups allow-modals "
+           "allow-top-navigation-by-user-activation")
 
 
 @dataclass
@@ -89,8 +99,10 @@ def task_src(question_kind: str, external_url: str, hit_id: str, assignment_id: 
 
 
 class WorkerWeb:
-    def __init__(self, actions: WorkerActions, assets_dir: "str | os.PathLike | None" = None):
+    def __init__(self, actions: WorkerActions, assets_dir: "str | os.PathLike | None" = None,
+                 scheme: str = "http"):
         self.actions = actions
+        self.scheme = scheme  # "https" under TLS: Secure cookies, https origins in task URLs
         self.assets_dir = Path(assets_dir).resolve() if assets_dir is not None else None
         self.env = Environment(loader=PackageLoader("orchestrator.crowd_server", "templates"),
                                autoescape=select_autoescape(["html"]))
@@ -105,44 +117,72 @@ class WorkerWeb:
         split = urlsplit(raw_path)
         path, query = split.path, dict(parse_qsl(split.query))
         wants_json = "application/json" in (headers.get("Accept") or "") or query.get("format") == "json"
-        origin = f"http://{headers.get('Host') or 'localhost'}"
+        origin = f"{self.scheme}://{headers.get('Host') or 'localhost'}"
         try:
             if path.startswith("/static/"):
                 return self.static(path[len("/static/"):])
             if path.startswith("/assets/") and method in ("GET", "HEAD"):
                 return self.asset(path[len("/assets/"):])
+            if path.startswith("/assets/") and method == "POST":
+                return self.upload_asset(raw_path, path[len("/assets/"):], headers, body, log)
             if path.startswith("/signin/"):
                 return self.signin(path[len("/signin/"):], wants_json)
             if path == "/signout":
-                return _redirect("/", [("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")])
+                self.actions.sign_out(self._token(headers))
+                return _redirect("/", [("Set-Cookie", self._cookie("", 0))])
             if path == "/favicon.ico":
                 return Response(204, [], b"")
             fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if method == "POST" else []
             if method == "POST" and path == "/mturk/externalSubmit":
                 return self.external_submit(fields, query, headers, wants_json, log)
-            worker = self.actions.authenticate(self._token(headers))
+            credential, bearer = self._credential(headers)
+            worker = self.actions.authenticate(credential, bearer=bearer)
             log["worker"] = worker.worker_id
             return self.route(method, path, query, fields, worker, wants_json, origin)
         except WorkerError as exc:
             if wants_json:
                 return _json(exc.status, {"error": exc.message, "status": exc.status})
-            return _html(exc.status, self.render("message.html", title="Not possible", message=exc.message,
-                                                 signed_in=exc.status not in (401,)))
+            return self.error_page(exc, headers)
 
-    @staticmethod
-    def _token(headers) -> str | None:
+    def error_page(self, exc: "WorkerError", headers) -> Response:
+        """An error as a page with the navigation bar (when the worker is signed in)."""
+        w = None
+        if exc.status != 401:
+            credential, bearer = self._credential(headers)
+            try:
+                w = self.actions.authenticate(credential, bearer=bearer)
+            except WorkerError:
+                w = None
+        titles = {403: "Not available to you yet", 404: "Not found", 409: "Not possible now", 400: "Not possible"}
+        ctx = {"w": w} if w is not None else {}
+        return _html(exc.status, self.render("message.html", title=titles.get(exc.status, "Not possible"),
+                                             message=exc.message, signed_in=w is not None, **ctx))
+
+    @property
+    def cookie_name(self) -> str:
+        return SECURE_COOKIE if self.scheme == "https" else COOKIE
+
+    def _cookie(self, value: str, max_age: int) -> str:
+        secure = "; Secure" if self.scheme == "https" else ""
+        return f"{self.cookie_name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+
+    def _credential(self, headers) -> tuple[str | None, bool]:
+        """(credential, is_bearer): a bearer credential (programmatic clients), else the cookie's session id."""
         auth = headers.get("Authorization") or ""
         if auth.startswith("Bearer "):
-            return auth[7:].strip()
+            return auth[7:].strip(), True
         raw = headers.get("Cookie")
         if not raw:
-            return None
+            return None, False
         c = SimpleCookie()
         try:
             c.load(raw)
         except Exception:
-            return None
-        return c[COOKIE].value if COOKIE in c else None
+            return None, False
+        return (c[self.cookie_name].value if self.cookie_name in c else None), False
+
+    def _token(self, headers) -> str | None:
+        return self._credential(headers)[0]
 
     def static(self, name: str) -> Response:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
@@ -155,17 +195,33 @@ class WorkerWeb:
         return Response(200, [("Content-Type", STATIC_TYPES.get(ext, "application/octet-stream")),
                               ("Cache-Control", "max-age=300")], data)
 
+    @property
+    def uploads_dir(self) -> Path:
+        return Path(self.actions.store.data_dir) / "assets"
+
+    def _asset_path(self, rel: str) -> "Path | None":
+        parts = rel.split("/")
+        if not all(_ASSET_SEGMENT.fullmatch(p) for p in parts) or len(rel) > 512:
+            return None
+        for root in (self.uploads_dir, self.assets_dir):
+            if root is None:
+                continue
+            path = root.joinpath(*parts)
+            try:
+                if path.resolve().is_relative_to(root.resolve()) and path.is_file():
+                    return path
+            except OSError:
+                continue
+        return None
+
     def asset(self, rel: str) -> Response:
-        """A file under the assets directory (public, like an S3 object); 404 for anything else."""
+        """An uploaded file or a file under the assets directory (public, like an S3 object); 404 otherwise."""
         not_found = Response(404, [("Content-Type", "text/plain"), ("Access-Control-Allow-Origin", "*")],
                              b"not found\n")
-        parts = rel.split("/")
-        if self.assets_dir is None or not all(_ASSET_SEGMENT.fullmatch(p) for p in parts):
+        path = self._asset_path(rel)
+        if path is None:
             return not_found
-        path = self.assets_dir.joinpath(*parts)
         try:
-            if not path.resolve().is_relative_to(self.assets_dir) or not path.is_file():
-                return not_found
             data = path.read_bytes()
         except OSError:
             return not_found
@@ -173,9 +229,45 @@ class WorkerWeb:
         return Response(200, [("Content-Type", ctype), ("Cache-Control", "public, max-age=86400"),
                               ("Access-Control-Allow-Origin", "*")], data)
 
+    def upload_asset(self, raw_path: str, rel: str, headers, body: bytes, log: dict) -> Response:
+        """``POST /assets/<name>``: store a requester's file (SigV4-signed with the requester key, like
+        the Requester API).  Idempotent: the same bytes again answer 200; other bytes under a taken
+        name answer 409 (names are content hashes, so a file never changes)."""
+        from . import credentials as cm
+        from .api_errors import ApiError
+        from .sigv4 import verify
+
+        def answer(status: int, message: str) -> Response:
+            return _json(status, {"status": status, "message": message})
+
+        creds = cm.load(Path(self.actions.store.data_dir))
+        try:
+            verify("POST", raw_path, list(headers.items()), body,
+                   lambda akid: creds.secret_access_key if creds and akid == creds.access_key_id else None)
+        except ApiError as exc:
+            return answer(403, f"not signed with the requester key: {exc.message}")
+        parts = rel.split("/")
+        if not all(_ASSET_SEGMENT.fullmatch(p) for p in parts) or len(rel) > 512:
+            return answer(400, "bad asset name (letters, digits, '_', '.', '-' and '/' between parts)")
+        if Path(rel).suffix.lower() not in ASSET_TYPES:
+            return answer(400, f"unsupported file type; allowed: {', '.join(sorted(ASSET_TYPES))}")
+        if not body:
+            return answer(400, "empty file")
+        path = self.uploads_dir.joinpath(*parts)
+        log["asset"] = rel
+        if path.is_file():
+            if path.read_bytes() == body:
+                return answer(200, "already stored")
+            return answer(409, "another file is stored under this name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+        return answer(201, "stored")
+
     def signin(self, token: str, wants_json: bool) -> Response:
-        w = self.actions.authenticate(token)
-        cookie = f"{COOKIE}={token}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+        w, session_id, seconds = self.actions.sign_in(token)
+        cookie = self._cookie(session_id, int(seconds))
         if wants_json:
             r = _json(200, {"workerId": w.worker_id, "name": w.name})
             r.headers.append(("Set-Cookie", cookie))
@@ -221,9 +313,10 @@ class WorkerWeb:
                 return self.test_page(w, parts[1], wants_json)
             if parts[0:1] == ["qualifications"] and len(parts) == 3 and parts[2] == "test":
                 result = self.actions.submit_test(w, parts[1], fields)
-                return _json(200, result) if wants_json else _html(
-                    200, self.render("message.html", title="Qualification test", message=result["message"],
-                                     signed_in=True, back="/qualifications"))
+                if wants_json:
+                    return _json(200, result)
+                groups = [g for g in self.actions.groups(w) if g.can_accept] if result.get("passed") else []
+                return _html(200, self.render("test_result.html", w=w, r=result, groups=groups))
         raise WorkerError(404, "There is no such page.")
 
     def dashboard(self, w, wants_json, query) -> Response:
@@ -293,8 +386,8 @@ class WorkerWeb:
         assignment_id = dict(fields).get("assignmentId") or query.get("assignmentId") or ""
         if not assignment_id or assignment_id == ASSIGNMENT_ID_NOT_AVAILABLE:
             raise WorkerError(400, "You must ACCEPT the HIT before you can submit the results.")
-        token = self._token(headers)
-        w = self.actions.authenticate(token) if token else None
+        credential, bearer = self._credential(headers)
+        w = self.actions.authenticate(credential, bearer=bearer) if credential else None
         a = self.actions.submit(assignment_id, fields, w)
         log["worker"] = a.worker_id
         if wants_json:

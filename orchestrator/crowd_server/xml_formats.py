@@ -3,6 +3,8 @@ QuestionFormAnswers (what ``Assignment.Answer`` holds) and AnswerKey scoring.
 """
 from __future__ import annotations
 
+import html
+import html.parser
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -29,6 +31,87 @@ def _children(el: ET.Element, name: str) -> list[ET.Element]:
 
 def _text(el: ET.Element | None, default: str = "") -> str:
     return (el.text or "").strip() if el is not None else default
+
+
+# ---------------------------------------------------------------- FormattedContent
+
+_FC_TAGS = {"a", "b", "big", "blockquote", "br", "center", "cite", "code", "col", "colgroup", "dd", "del", "div",
+            "dl", "dt", "em", "font", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "li", "ol", "p",
+            "pre", "q", "s", "small", "span", "strike", "strong", "sub", "sup", "table", "tbody", "td", "tfoot",
+            "th", "thead", "tr", "tt", "u", "ul"}
+_FC_VOID = {"br", "col", "hr", "img"}
+_FC_DROP_CONTENT = {"script", "style", "iframe", "object", "embed", "template", "noscript", "svg", "math",
+                    "textarea", "select", "title", "head"}
+_FC_ATTRS = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height", "title"},
+             "table": {"border", "cellpadding", "cellspacing", "width"}, "td": {"colspan", "rowspan", "align", "valign", "width"},
+             "th": {"colspan", "rowspan", "align", "valign", "width"}, "font": {"color", "size", "face"},
+             "col": {"span", "width"}, "colgroup": {"span", "width"}, "ol": {"start", "type"},
+             "p": {"align"}, "div": {"align"}}
+_FC_URL_ATTRS = {"href", "src"}
+_FC_SAFE_URL = re.compile(r"(https?:|mailto:|/|#|[A-Za-z0-9._~-]+(/|$))", re.I)
+
+
+class _Sanitizer(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.open: list[str] = []
+        self.dropping = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _FC_DROP_CONTENT:
+            self.dropping += 1
+            return
+        if self.dropping or tag not in _FC_TAGS:
+            return
+        kept = []
+        for k, v in attrs:
+            if k not in _FC_ATTRS.get(tag, set()) or v is None:
+                continue
+            if k in _FC_URL_ATTRS and not _FC_SAFE_URL.match(v.strip()):
+                continue
+            kept.append(f' {k}="{html.escape(v, quote=True)}"')
+        if tag == "a":
+            kept.append(' target="_blank" rel="noopener noreferrer"')
+        self.out.append(f"<{tag}{''.join(kept)}>")
+        if tag not in _FC_VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag in _FC_DROP_CONTENT:
+            self.dropping -= 1
+        elif tag in self.open and tag not in _FC_VOID and self.open[-1] == tag:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag):
+        if tag in _FC_DROP_CONTENT:
+            self.dropping = max(0, self.dropping - 1)
+            return
+        if self.dropping or tag not in self.open:
+            return
+        while self.open:
+            t = self.open.pop()
+            self.out.append(f"</{t}>")
+            if t == tag:
+                break
+
+    def handle_data(self, data):
+        if not self.dropping:
+            self.out.append(html.escape(data, quote=False))
+
+    def result(self) -> str:
+        self.close()
+        return "".join(self.out) + "".join(f"</{t}>" for t in reversed(self.open))
+
+
+def sanitize_formatted(markup: str) -> str:
+    """FormattedContent as MTurk allows it: an XHTML subset with no scripts, styles, event handlers or
+    javascript: URLs.  It is shown on the worker's own pages (qualification tests), so nothing else gets
+    through."""
+    p = _Sanitizer()
+    p.feed(markup)
+    return p.result()
 
 
 # ---------------------------------------------------------------- QuestionForm
@@ -69,7 +152,7 @@ def _content(el: ET.Element) -> list[tuple[str, str]]:
         if name in ("Title", "Text"):
             out.append((name, _text(c)))
         elif name == "FormattedContent":
-            out.append(("FormattedContent", c.text or ""))
+            out.append(("FormattedContent", sanitize_formatted(c.text or "")))
         elif name == "Binary":
             url = _text(_child(c, "DataURL"))
             alt = _text(_child(c, "AltText"))
