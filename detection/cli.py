@@ -68,7 +68,7 @@ def _default_root(data: Path) -> Path:
     return sub if sub.is_dir() else data.parent
 
 
-TRAIN_HELP = """Train PointRend Mask R-CNN (R50-FPN) with the mask-IoU head on COCO instances.
+TRAIN_HELP = """Train PointRend Mask R-CNN (R50-FPN; R18 with --preset tiny) with the mask-IoU head on COCO instances.
 
 Writes OUT/config.yaml, checkpoints, model_final.pth, metrics.json (every loss, one JSON line per logged iteration) and log.txt. Run the same command again after an interruption (even a kill) and it resumes from the last checkpoint; once finished it does nothing. Several DATA files (same categories) are trained on together, e.g. the initial set plus masks accepted in a campaign (`labelprop export --coco`). Any detectron2 config key can be set with --set KEY=VALUE.
 
@@ -78,7 +78,7 @@ Examples:
 
   labelprop shapes data/train --images 200
 
-  labelprop train data/train/instances.json --out model --preset small --iters 300
+  labelprop train data/train/instances.json --out model --preset tiny --iters 300
 
   labelprop train init.json accepted.json --image-root images/ --image-root pool/ --out model2 --set SOLVER.BASE_LR=0.005
 
@@ -93,8 +93,10 @@ def train_cmd(
     image_root: Optional[List[Path]] = typer.Option(None, "--image-root", help="Image directory "
                                                     "of each DATA file (one for all, or one per "
                                                     "file; default: DATA's images/ folder)."),
-    preset: str = typer.Option("default", "--preset", help="default (COCO-sized images) or small "
-                               "(about 128 px images, light RPN/RoI settings, CPU)."),
+    preset: str = typer.Option("default", "--preset", help="default (R50-FPN, COCO-sized images), "
+                               "small (R50-FPN, about 128 px images, light RPN/RoI settings) or "
+                               "tiny (R18 with a narrow FPN and heads, 128 px, AdamW: minutes "
+                               "on a CPU)."),
     norm: str = typer.Option("GN", "--norm", help="GN, BN, SyncBN or FrozenBN (pretrained only)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="SOLVER.MAX_ITER (LR steps at 2/3 and 8/9)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="SOLVER.IMS_PER_BATCH."),

@@ -28,7 +28,7 @@ from detectron2.layers import Conv2d, ShapeSpec, cat, get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY, ROI_MASK_HEAD_REGISTRY, StandardROIHeads
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
-from detectron2.projects.point_rend.mask_head import ConvFCHead, PointRendMaskHead
+from detectron2.projects.point_rend.mask_head import PointRendMaskHead
 from detectron2.projects.point_rend.point_features import generate_regular_grid_point_coords
 from detectron2.projects.point_rend.roi_heads import PointRendROIHeads
 from detectron2.structures import Instances
@@ -113,20 +113,8 @@ class LabelpropMaskHead(PointRendMaskHead):
     ground-truth class in ``instances.pred_mask_probs``."""
 
     def __init__(self, cfg, input_shape: Dict[str, ShapeSpec]):
-        if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK != cfg.MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK:
-            raise ValueError("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK and "
-                             "MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK must be equal")
         super().__init__(cfg, input_shape)
         self.maskiou_grid = 2 * cfg.MODEL.ROI_MASKIOU_HEAD.POOLER_RESOLUTION
-
-    def _init_roi_head(self, cfg, input_shape):
-        # PointRend's coarse head always predicts one mask per class; with
-        # CLS_AGNOSTIC_MASK it predicts one mask for all (the point head already can).
-        if not cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK:
-            return super()._init_roi_head(cfg, input_shape)
-        args = ConvFCHead.from_config(cfg, input_shape)
-        args["output_shape"] = (1,) + tuple(args["output_shape"][1:])
-        self.coarse_head = ConvFCHead(**args)
 
     def forward(self, features, instances):
         losses_or_instances = super().forward(features, instances)

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from orchestrator.atomic import atomic_write_json, json_safe
+from orchestrator.demo_detect import DEMO_DETECT_ITERS
 from orchestrator.errors import LabelpropError
 from orchestrator.search import STRATEGIES as _STRATEGIES
 from orchestrator.search import SearchParams as _SP
@@ -223,7 +224,8 @@ def demo(
     detect: bool = typer.Option(False, "--detect", help="Then a detection stage: train PointRend with "
                                 "the mask-IoU head on synthetic images, detect, ingest, cluster, search "
                                 "(CPU, a few minutes; needs the detect extra)."),
-    detect_iters: int = typer.Option(100, "--detect-iters", help="Training iterations of the detection stage."),
+    detect_iters: int = typer.Option(DEMO_DETECT_ITERS, "--detect-iters",
+                                     help="Training iterations of the detection stage."),
 ) -> None:
     import shutil
 
@@ -298,21 +300,10 @@ def demo(
               f"  accepted mask indices: {camp / 'accepted_indices.npy'}", f"  took {wall:.0f} s", ""]
     typer.echo("\n".join(lines))
     if detect:
-        from orchestrator.demo_detect import run_detection_stage
+        from orchestrator.demo_detect import format_detection_stage, run_detection_stage
 
         r = run_detection_stage(out, iters=detect_iters, error_rate=error_rate, say=say)
-        typer.echo("\n".join([
-            "labelprop demo --detect: images -> masks -> campaign",
-            f"  trained on             {r['train_images']:>10,} synthetic images   ({r['iters']} iterations, "
-            f"{r['train_seconds']:.0f} s on CPU)",
-            f"  masks detected         {r['detections']:>10,}   on {r['pool_images']} unlabeled images "
-            f"({r['gt_objects']} objects; mean IoU {r['mean_true_iou']:.2f}, "
-            f"{r['good_fraction']:.0%} with IoU >= 0.75)",
-            f"  masks accepted         {r['accepted_masks']:>10,}   (precision "
-            f"{'n/a' if r['precision_accepted'] is None else format(r['precision_accepted'], '.2f')}) "
-            f"from {r['questions']:,} simulated questions",
-            f"  campaign: {r['campaign']} (try: labelprop status {r['campaign']})",
-            f"  took {r['seconds']:.0f} s; train longer (--detect-iters) for better masks", ""]))
+        typer.echo(format_detection_stage(r))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,12 @@
 """The detection stage of `labelprop demo --detect`: images -> masks -> campaign, on CPU.
 
 It drives the detection commands as a user would, in a subprocess (`labelprop shapes`,
-`train`, `detect`): the orchestrator never imports the detection package.  The detected
-masks get their true IoU from the generated ground truth (so simulated annotators can
-answer), then go through ingest, cluster and a simulated search.
+`train`, `detect`): the orchestrator never imports the detection package.  The model is
+the ``tiny`` preset (PointRend Mask R-CNN with the mask-IoU head on a ResNet-18 FPN),
+trained from random weights on generated images.  The detected masks are scored against
+the generated ground truth (mask AP, Pearson r of predicted vs true IoU), get their true
+IoU (so simulated annotators can answer), then go through ingest, cluster and a simulated
+search.
 """
 from __future__ import annotations
 
@@ -15,23 +18,26 @@ from pathlib import Path
 
 from orchestrator.errors import LabelpropError
 
-__all__ = ["run_detection_stage"]
+__all__ = ["run_detection_stage", "format_detection_stage", "DEMO_DETECT_ITERS"]
+
+DEMO_DETECT_ITERS = 300        # training iterations of the demo's model (batch 4)
 
 
-def _labelprop(*args, say) -> str:
+def _labelprop(*args) -> str:
     cmd = [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise LabelpropError(f"demo --detect: `labelprop {' '.join(map(str, args[:1]))}` failed: {last}")
+        raise LabelpropError(f"demo --detect: `labelprop {args[0]}` failed: {last}")
     return r.stdout
 
 
-def run_detection_stage(out: Path, *, train_images: int = 120, pool_images: int = 40,
-                        iters: int = 100, threads: int = 2, error_rate: float = 0.02,
-                        say=lambda m: None) -> dict:
+def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int = 60,
+                        iters: int = DEMO_DETECT_ITERS, threads: int = 2,
+                        error_rate: float = 0.02, say=lambda m: None) -> dict:
     from orchestrator.cli_campaign import cluster_campaign, init_campaign
     from orchestrator.cli_run import run_simulated
+    from orchestrator.evaluate import evaluate_detections
     from orchestrator.ingest import read_predictions, write_predictions
     from orchestrator.store import open_store
     from orchestrator.triplets import match_ious
@@ -39,37 +45,72 @@ def run_detection_stage(out: Path, *, train_images: int = 120, pool_images: int 
     t0 = time.perf_counter()
     d = out / "detect"
     d.mkdir(parents=True, exist_ok=True)
-    say(f"detection stage in {d}: synthetic images ({train_images} to train on, {pool_images} "
-        f"unlabeled), PointRend R50-FPN + mask-IoU head, {iters} iterations on CPU")
-    _labelprop("shapes", d / "train", "--images", train_images, "--seed", 11, say=say)
-    _labelprop("shapes", d / "pool", "--images", pool_images, "--seed", 12, say=say)
+    say(f"detection stage in {d}: {train_images} synthetic images to train on, {pool_images} "
+        f"unlabeled ones to annotate")
+    _labelprop("shapes", d / "train", "--images", train_images, "--seed", 11)
+    _labelprop("shapes", d / "pool", "--images", pool_images, "--seed", 12)
+    say(f"training PointRend + mask-IoU head (tiny preset: ResNet-18 FPN) from random weights, "
+        f"{iters} iterations on CPU (progress: {d / 'model/metrics.json'})")
     t_train = time.perf_counter()
-    _labelprop("train", d / "train/instances.json", "--out", d / "model", "--preset", "small",
-               "--iters", iters, "--batch", 2, "--threads", threads, "--quiet", say=say)
+    _labelprop("train", d / "train/instances.json", "--out", d / "model", "--preset", "tiny",
+               "--iters", iters, "--threads", threads, "--quiet")
     t_train = time.perf_counter() - t_train
     say("detecting masks on the unlabeled images")
+    t_det = time.perf_counter()
     _labelprop("detect", d / "pool/instances.json", "--weights", d / "model", "--out", d / "dets",
-               "--min-score", "0.05", "--min-area", "100", "--threads", threads, "--quiet", say=say)
+               "--min-score", "0.05", "--min-area", "100", "--threads", threads, "--quiet")
+    t_det = time.perf_counter() - t_det
     results = json.loads((d / "dets/results.json").read_text())
     if not results:
-        raise LabelpropError("demo --detect: the model detected nothing; try more iterations")
+        raise LabelpropError("demo --detect: the model detected nothing; train longer "
+                             "(--detect-iters)")
+    ev = evaluate_detections(d / "pool/instances.json", d / "dets/results.json")
     gt = json.loads((d / "pool/instances.json").read_text())
     ious = match_ious(gt, results)
     for r, q in zip(results, ious):
         r["iou"] = float(q)           # ground truth, for the simulated annotators
     (d / "dets/results_with_iou.json").write_text(json.dumps(results))
     camp = d / "campaign"
+    say(f"campaign in {camp}: init, ingest the detections, cluster, search with simulated "
+        f"annotators")
     init_campaign(camp, name="demo-detect")
     write_predictions(open_store(camp), camp, read_predictions(
         d / "dets/results_with_iou.json", d / "dets/features.npy", d / "dets/images.json",
         d / "pool/images"))
     cluster_campaign(camp)
-    say("searching the trees with simulated annotators")
     res = run_simulated(camp, error_rate=error_rate, progress=False)
     return {"train_images": train_images, "pool_images": pool_images, "iters": iters,
-            "train_seconds": t_train, "detections": len(results),
+            "train_seconds": t_train, "detect_seconds": t_det, "detections": len(results),
+            "gt_objects": ev["gt_objects"], "mask_ap": ev["mask"]["AP"],
+            "mask_ap50": ev["mask"]["AP50"], "pearson_r": ev.get("pearson_r_pred_iou"),
             "mean_true_iou": float(ious.mean()), "good_fraction": float((ious >= 0.75).mean()),
-            "gt_objects": len(gt["annotations"]), "campaign": str(camp), **{
-                k: res[k] for k in ("accepted_masks", "questions", "mean_iou_accepted",
-                                    "precision_accepted")},
+            "campaign": str(camp), **{k: res[k] for k in ("accepted_masks", "questions",
+                                                          "mean_iou_accepted",
+                                                          "precision_accepted")},
             "seconds": time.perf_counter() - t0}
+
+
+def format_detection_stage(r: dict) -> str:
+    """The demo's printout for :func:`run_detection_stage`'s summary."""
+    def num(v, f=".2f"):
+        return "n/a" if v is None else format(v, f)
+
+    mpq = r["accepted_masks"] / max(r["questions"], 1)
+    return "\n".join([
+        "labelprop demo --detect: images -> masks -> campaign",
+        "  model                  PointRend Mask R-CNN + mask-IoU head on a ResNet-18 FPN",
+        "                         (tiny preset), trained from random weights",
+        f"  trained on             {r['train_images']:>10,} synthetic images   ({r['iters']} "
+        f"iterations, {r['train_seconds']:.0f} s on CPU)",
+        f"  masks detected         {r['detections']:>10,}   on {r['pool_images']} unlabeled images "
+        f"with {r['gt_objects']} objects ({r['detect_seconds']:.0f} s)",
+        f"  mask AP                {num(r['mask_ap'], '.3f'):>10}   (AP50 "
+        f"{num(r['mask_ap50'], '.3f')}); true IoU mean {r['mean_true_iou']:.2f}, "
+        f"{r['good_fraction']:.0%} >= 0.75",
+        f"  predicted IoU          {num(r['pearson_r']):>10}   Pearson r with the true IoU",
+        f"  masks accepted         {r['accepted_masks']:>10,}   (true IoU mean "
+        f"{num(r['mean_iou_accepted'])}, {num(r['precision_accepted'], '.0%')} with IoU >= 0.75)",
+        f"  yes/no questions       {r['questions']:>10,}   ({mpq:.1f} masks per question, "
+        f"simulated annotators)",
+        f"  campaign: {r['campaign']} (try: labelprop status {r['campaign']})",
+        f"  took {r['seconds']:.0f} s; more --detect-iters give better masks", ""])

@@ -1,5 +1,5 @@
-"""Detection with real detectron2 on CPU: one tiny PointRend R50-FPN trained once per
-module (through the CLI, SIGKILLed after its first checkpoint and resumed), then
+"""Detection with real detectron2 on CPU: one PointRend R18-FPN (the tiny preset) trained once
+per module (through the CLI, SIGKILLed after its first checkpoint and resumed), then
 detection, sharding, Ray, features, the mask-IoU head, ingest and bad input."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def trained(data):
     """Train through the CLI, SIGKILL it right after its first checkpoint, then rerun it."""
     out = data / "model"
     cmd = [sys.executable, "-m", "orchestrator.cli", "train", str(data / "train/instances.json"),
-           "--out", str(out), "--preset", "small", "--iters", str(ITERS), "--batch", "2",
+           "--out", str(out), "--preset", "tiny", "--iters", str(ITERS), "--batch", "2",
            "--checkpoint-period", str(PERIOD), "--threads", "1", "--quiet"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     tag = out / "last_checkpoint"
@@ -78,11 +78,11 @@ def test_train_is_killed_resumes_and_lowers_the_loss(trained):
     losses = [d["total_loss"] for d in m]
     assert np.mean(losses[-2:]) < losses[0]
     again = labelprop("train", out.parent / "train/instances.json", "--out", out, "--preset",
-                      "small", "--iters", ITERS, "--batch", 2, "--checkpoint-period", PERIOD,
+                      "tiny", "--iters", ITERS, "--batch", 2, "--checkpoint-period", PERIOD,
                       "--quiet")
     assert again.returncode == 0 and "already trained" in again.stdout
     other = labelprop("train", out.parent / "train/instances.json", "--out", out, "--preset",
-                      "small", "--iters", ITERS, "--batch", 2, "--lr", "0.5", "--quiet")
+                      "tiny", "--iters", ITERS, "--batch", 2, "--lr", "0.5", "--quiet")
     assert other.returncode == 2 and "SOLVER.BASE_LR" in other.stderr
 
 
@@ -108,7 +108,7 @@ def test_detect_writes_coco_results_and_features_that_ingest_accepts(data, detec
     images = json.loads((detected / "images.json").read_text())
     proj = np.load(detected / "projection.npy")
     assert len(res) > 0 and feats.shape == (len(res), 64) and feats.dtype == np.float32
-    assert proj.shape == (256, 64)
+    assert proj.shape == (128, 64)          # the tiny preset's FPN width
     assert np.isfinite(feats).all() and not (detected / ".parts").exists()
     sizes = {im["id"]: (im["height"], im["width"]) for im in images["images"]}
     assert len(sizes) == 5 and {c["name"] for c in images["categories"]} == {"disc", "box", "bar"}
@@ -212,7 +212,8 @@ def test_maskiou_head_gets_gradients_and_changes_with_training(data, trained):
     # the IoU loss also trains the RoI features under the head
     assert model.backbone.fpn_output2.weight.grad is not None
     # the head's output moved between the killed run's first checkpoint and the end
-    x = torch.randn(3, 256, 14, 14, generator=torch.Generator().manual_seed(1))
+    channels = head.convs[0].in_channels - 1
+    x = torch.randn(3, channels, 14, 14, generator=torch.Generator().manual_seed(1))
     mask = torch.rand(3, 1, 14, 14, generator=torch.Generator().manual_seed(2))
     model.eval()
     with torch.no_grad():
@@ -247,14 +248,14 @@ def test_bad_input_gives_one_line_and_writes_nothing(data, trained, tmp_path):
     coco["images"][3]["file_name"] = "nope.png"
     (tmp_path / "missing.json").write_text(json.dumps(coco))
     msg = one_line(labelprop("train", tmp_path / "missing.json", "--image-root",
-                             data / "train/images", "--out", tmp_path / "m1", "--preset", "small"))
+                             data / "train/images", "--out", tmp_path / "m1", "--preset", "tiny"))
     assert "nope.png" in msg and not (tmp_path / "m1").exists()
     # a corrupt image, in training and in detection
     bad = tmp_path / "bad"
     shutil.copytree(data / "pool", bad)
     (bad / "images/img_000003.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     msg = one_line(labelprop("train", bad / "instances.json", "--out", tmp_path / "m2",
-                             "--preset", "small"))
+                             "--preset", "tiny"))
     assert "img_000003.png" in msg and "corrupt" in msg and not (tmp_path / "m2").exists()
     msg = one_line(labelprop("detect", bad / "images", "--weights", trained["out"], "--out",
                              tmp_path / "d1", *DETECT_ARGS))
