@@ -275,3 +275,30 @@ def test_bad_input_gives_one_line_and_writes_nothing(data, trained, tmp_path):
     msg = one_line(labelprop("detect", data / "pool/images", "--weights", trained["out"],
                              "--out", tmp_path / "d3", "--shard", "3/2"))
     assert "--shard 3/2" in msg and not (tmp_path / "d3").exists()
+
+
+@pytest.mark.parametrize("preset,depth,channels", [("default", 50, 256), ("small", 50, 256),
+                                                    ("tiny", 18, 128)])
+def test_every_preset_builds_the_same_model_family_and_scores_masks(preset, depth, channels):
+    import torch
+    from detectron2.modeling import build_model
+
+    import detection.modeling  # noqa: F401
+    from detection.config import get_labelprop_cfg
+
+    cfg = get_labelprop_cfg(3, preset=preset)
+    assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.FPN.OUT_CHANNELS == channels
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 128     # cheap on CPU
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0                    # random weights: keep all
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert type(model.roi_heads).__name__ == "LabelpropROIHeads"
+    assert type(model.roi_heads.mask_head).__name__ == "LabelpropMaskHead"
+    image = torch.randint(0, 255, (3, 96, 112), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        inst = model([{"image": image.float(), "height": 96, "width": 112}])[0]["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[1:] == (96, 112)
+    assert inst.pred_features.shape == (len(inst), 64)
+    assert model.roi_heads.feature_projection.shape == (channels, 64)
+    assert bool(((inst.scores >= 0) & (inst.scores <= 1)).all())
+    assert torch.allclose(inst.scores, inst.class_scores * inst.pred_maskiou)
