@@ -3,7 +3,8 @@ mixed precision (bf16 autocast), on this machine's device; and the Ray Data path
 and 2 workers.  Trains a tiny model on synthetic shapes first (or uses --weights).
 Prints JSON.
 
-    .venv/bin/python bench/detect.py                    # CPU, small preset, 128 px images
+    .venv/bin/python bench/detect.py                    # CPU, small preset (R50-FPN), 128 px images
+    .venv/bin/python bench/detect.py --weights model    # a `labelprop train` output, e.g. the tiny preset
     .venv/bin/python bench/detect.py --device cuda --images 200 --batches 1,4,8,16
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-iters", type=int, default=20)
+    ap.add_argument("--preset", default="small", choices=["tiny", "small", "default"],
+                    help="preset of the model trained when no --weights is given")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--work", default=None, help="working directory (default: a temp dir)")
     args = ap.parse_args()
@@ -54,7 +57,7 @@ def main() -> None:
         if not (work / "model/model_final.pth").is_file():
             src = check_coco(data / "instances.json", data / "images")
             t0 = time.perf_counter()
-            train([src], weights, TrainOptions(preset="small", iters=args.train_iters, batch=2,
+            train([src], weights, TrainOptions(preset=args.preset, iters=args.train_iters, batch=2,
                                                device=args.device, checkpoint_period=10 ** 6))
             t_train = (time.perf_counter() - t0) / args.train_iters
     entries, root = list_images(data / "instances.json")

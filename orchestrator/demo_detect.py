@@ -23,10 +23,14 @@ __all__ = ["run_detection_stage", "format_detection_stage", "DEMO_DETECT_ITERS"]
 DEMO_DETECT_ITERS = 300        # training iterations of the demo's model (batch 4)
 
 
-def _labelprop(*args) -> str:
+def _labelprop(*args, show_progress: bool = False) -> str:
+    """Run a labelprop command; with ``show_progress`` its progress bar (stderr) shows."""
     cmd = [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True,
+                       stderr=None if show_progress else subprocess.PIPE)
     if r.returncode != 0:
+        if show_progress:
+            raise LabelpropError(f"demo --detect: `labelprop {args[0]}` failed (its error is above)")
         last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise LabelpropError(f"demo --detect: `labelprop {args[0]}` failed: {last}")
     return r.stdout
@@ -50,15 +54,15 @@ def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int 
     _labelprop("shapes", d / "train", "--images", train_images, "--seed", 11)
     _labelprop("shapes", d / "pool", "--images", pool_images, "--seed", 12)
     say(f"training PointRend + mask-IoU head (tiny preset: ResNet-18 FPN) from random weights, "
-        f"{iters} iterations on CPU (progress: {d / 'model/metrics.json'})")
+        f"{iters} iterations on CPU (losses: {d / 'model/metrics.json'})")
     t_train = time.perf_counter()
     _labelprop("train", d / "train/instances.json", "--out", d / "model", "--preset", "tiny",
-               "--iters", iters, "--threads", threads, "--quiet")
+               "--iters", iters, "--threads", threads, show_progress=True)
     t_train = time.perf_counter() - t_train
     say("detecting masks on the unlabeled images")
     t_det = time.perf_counter()
     _labelprop("detect", d / "pool/instances.json", "--weights", d / "model", "--out", d / "dets",
-               "--min-score", "0.05", "--min-area", "100", "--threads", threads, "--quiet")
+               "--threads", threads, show_progress=True)   # the paper's filters: s >= 0.2, NMS
     t_det = time.perf_counter() - t_det
     results = json.loads((d / "dets/results.json").read_text())
     if not results:
