@@ -78,7 +78,7 @@ Examples:
 
   labelprop shapes data/train --images 200
 
-  labelprop train data/train/instances.json --out model --preset tiny --iters 300
+  labelprop train data/train/instances.json --out m --preset tiny --iters 300
 
   labelprop train init.json accepted.json --image-root images/ --image-root pool/ --out model2 --set SOLVER.BASE_LR=0.005
 
@@ -98,7 +98,8 @@ def train_cmd(
                                "tiny (R18 with a narrow FPN and heads, 128 px, AdamW: minutes "
                                "on a CPU)."),
     norm: str = typer.Option("GN", "--norm", help="GN, BN, SyncBN or FrozenBN (pretrained only)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="SOLVER.MAX_ITER (LR steps at 2/3 and 8/9)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="SOLVER.MAX_ITER (LR drops at 2/3 "
+                                        "and 8/9; tiny: cosine decay to it)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="SOLVER.IMS_PER_BATCH."),
     lr: Optional[float] = typer.Option(None, "--lr", help="SOLVER.BASE_LR."),
     checkpoint_period: Optional[int] = typer.Option(None, "--checkpoint-period",
