@@ -80,9 +80,11 @@ Examples:
 
   labelprop train data/train/instances.json --out m --preset tiny --iters 300
 
-  labelprop train init.json accepted.json --image-root images/ --image-root pool/ --out model2 --set SOLVER.BASE_LR=0.005
+  labelprop train init.json accepted.json --image-root images/ \\
+      --image-root pool/ --out model2 --set SOLVER.BASE_LR=0.005
 
-  labelprop train coco.json --out m --norm FrozenBN --init-weights https://.../model_final.pkl --device cuda
+  labelprop train coco.json --out m --norm FrozenBN \\
+      --init-weights https://.../model_final.pkl --device cuda
 """
 
 
@@ -169,11 +171,13 @@ Examples:
 
   labelprop detect data/pool/instances.json --weights model --out dets
 
-  labelprop detect photos/ --weights model/model_final.pth --out dets --batch-size 4 --device cuda
+  labelprop detect photos/ --weights model/model_final.pth --out dets \\
+      --batch-size 4 --device cuda
 
   labelprop detect pool.json --weights model --out dets-0 --shard 0/4
 
-  labelprop detect pool.json --weights model --out dets --ray auto --workers 8 --device cuda
+  labelprop detect pool.json --weights model --out dets --ray auto \\
+      --workers 8 --device cuda
 """
 
 

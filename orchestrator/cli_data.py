@@ -38,11 +38,12 @@ Examples:
 
   labelprop calibrate heldout.npz --write camp/   # kpr, kpa + calibration.json
 
-  labelprop calibrate heldout.npz --json > cal.json      (for `labelprop simulate --calibration`)
+  labelprop calibrate heldout.npz --json > cal.json   # simulate --calibration
 
-  labelprop calibrate --heldout gt.json --results dets/results.json --features dets/features.npy
-  (detector output on held-out images with ground truth: each mask's IoU is its best match
-  with a ground-truth object of the same image and class)
+From detector output on held-out images with ground truth (each mask's IoU is its best match with a ground-truth object of the same image and class):
+
+  labelprop calibrate --heldout gt.json --results dets/results.json \\
+      --features dets/features.npy
 """
 
 

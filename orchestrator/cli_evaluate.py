@@ -19,7 +19,8 @@ Examples:
 
   labelprop evaluate --gt data/val/instances.json --results dets/results.json
 
-  labelprop evaluate --gt val.json --results dets/results.json --plot reliability.png --json
+  labelprop evaluate --gt val.json --results dets/results.json \\
+      --plot reliability.png --json
 """
 
 
