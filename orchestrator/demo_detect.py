@@ -37,7 +37,7 @@ def _labelprop(*args, show_progress: bool = False) -> str:
 
 
 def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int = 60,
-                        iters: int = DEMO_DETECT_ITERS, threads: int = 2,
+                        heldout_images: int = 40, iters: int = DEMO_DETECT_ITERS, threads: int = 2,
                         error_rate: float = 0.02, say=lambda m: None) -> dict:
     from orchestrator.cli_campaign import cluster_campaign, init_campaign
     from orchestrator.cli_run import run_simulated
@@ -49,10 +49,11 @@ def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int 
     t0 = time.perf_counter()
     d = out / "detect"
     d.mkdir(parents=True, exist_ok=True)
-    say(f"detection stage in {d}: {train_images} synthetic images to train on, {pool_images} "
-        f"unlabeled ones to annotate")
+    say(f"detection stage in {d}: synthetic images, {train_images} to train on, {heldout_images} "
+        f"held out to calibrate K_pr/K_pa, {pool_images} unlabeled ones to annotate")
     _labelprop("shapes", d / "train", "--images", train_images, "--seed", 11)
     _labelprop("shapes", d / "pool", "--images", pool_images, "--seed", 12)
+    _labelprop("shapes", d / "heldout", "--images", heldout_images, "--seed", 13)
     say(f"training PointRend + mask-IoU head (tiny preset: ResNet-18 FPN) from random weights, "
         f"{iters} iterations on CPU (losses: {d / 'model/metrics.json'})")
     t_train = time.perf_counter()
@@ -64,6 +65,8 @@ def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int 
     _labelprop("detect", d / "pool/instances.json", "--weights", d / "model", "--out", d / "dets",
                "--threads", threads, show_progress=True)   # the paper's filters: s >= 0.2, NMS
     t_det = time.perf_counter() - t_det
+    _labelprop("detect", d / "heldout/instances.json", "--weights", d / "model", "--out",
+               d / "heldout_dets", "--threads", threads, "--quiet")
     results = json.loads((d / "dets/results.json").read_text())
     if not results:
         raise LabelpropError("demo --detect: the model detected nothing; train longer "
@@ -78,6 +81,11 @@ def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int 
     say(f"campaign in {camp}: init, ingest the detections, cluster, search with simulated "
         f"annotators")
     init_campaign(camp, name="demo-detect")
+    # the paper's Sec. 4.3: K_pr and K_pa learned for this detector on held-out ground truth
+    _labelprop("calibrate", "--heldout", d / "heldout/instances.json", "--results",
+               d / "heldout_dets/results.json", "--features", d / "heldout_dets/features.npy",
+               "--write", camp)
+    kpr, kpa = _thresholds(camp)
     write_predictions(open_store(camp), camp, read_predictions(
         d / "dets/results_with_iou.json", d / "dets/features.npy", d / "dets/images.json",
         d / "pool/images"))
@@ -88,10 +96,18 @@ def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int 
             "gt_objects": ev["gt_objects"], "mask_ap": ev["mask"]["AP"],
             "mask_ap50": ev["mask"]["AP50"], "pearson_r": ev.get("pearson_r_pred_iou"),
             "mean_true_iou": float(ious.mean()), "good_fraction": float((ious >= 0.75).mean()),
+            "kpr": kpr, "kpa": kpa, "heldout_images": heldout_images,
             "campaign": str(camp), **{k: res[k] for k in ("accepted_masks", "questions",
                                                           "mean_iou_accepted",
                                                           "precision_accepted")},
             "seconds": time.perf_counter() - t0}
+
+
+def _thresholds(camp: Path) -> tuple[float, float]:
+    import tomllib
+
+    search = tomllib.loads((camp / "campaign.toml").read_text()).get("search", {})
+    return float(search.get("kpr", 0.0)), float(search.get("kpa", 0.0))
 
 
 def format_detection_stage(r: dict) -> str:
@@ -112,6 +128,8 @@ def format_detection_stage(r: dict) -> str:
         f"{num(r['mask_ap50'], '.3f')}); true IoU mean {r['mean_true_iou']:.2f}, "
         f"{r['good_fraction']:.0%} >= 0.75",
         f"  predicted IoU          {num(r['pearson_r']):>10}   Pearson r with the true IoU",
+        f"  K_pr, K_pa             {r['kpr']:>4.2f}, {r['kpa']:.2f}   (learned on {r['heldout_images']} "
+        f"held-out images)",
         f"  masks accepted         {r['accepted_masks']:>10,}   (true IoU mean "
         f"{num(r['mean_iou_accepted'])}, {num(r['precision_accepted'], '.0%')} with IoU >= 0.75)",
         f"  yes/no questions       {r['questions']:>10,}   ({mpq:.1f} masks per question, "
