@@ -81,6 +81,8 @@ class CampaignSearch:
             self.search = Search(self.forest, self.params)
         else:
             am = np.flatnonzero(answer >= 0)
+            # answers to masks in no tree of this forest (gold, earlier rounds) play no part
+            am = am[self.forest.leaf_of_mask[am] >= 0]
             self.search = Search.restore(
                 self.forest, self.params, node_ids=touched, states=nodes["state"][touched],
                 seqs=nodes["seq"][touched], qs=nodes["q"][touched], rounds=nodes["rounds"][touched],
