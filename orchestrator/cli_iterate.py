@@ -97,7 +97,7 @@ def _plan_next(s, campaign_dir: Path, r: int, opts: dict) -> tuple[RoundPlan, di
     if prev is not None and prev.plan not in ("", "{}"):
         recorded = json.loads(prev.plan)
         base = {"weights": str(Path(recorded["out"]) / "model" / "model_final.pth")
-                if "out" in recorded else recorded.get("weights"),
+                if recorded.get("out") else recorded.get("weights"),
                 "images": recorded["images"], "image_root": recorded["image_root"],
                 "detect": recorded.get("detect", {}), "train": recorded["train"],
                 "preset": recorded.get("preset"), "norm": recorded.get("norm"),
@@ -205,6 +205,8 @@ def _accepted_files(engine, campaign_dir: Path, r: int, rdir: Path) -> list[tupl
     from orchestrator.atomic import atomic_write_text
     from orchestrator.export import coco_instances
     from orchestrator.rounds import frozen_decisions, mask_rounds
+    from sqlalchemy import select
+
     from orchestrator.store import CampaignRound, Mask, count_rows, read_session
 
     with read_session(engine) as s:
@@ -212,7 +214,7 @@ def _accepted_files(engine, campaign_dir: Path, r: int, rdir: Path) -> list[tupl
         acc, _ = frozen_decisions(s, campaign_dir, n)
         mr = mask_rounds(s, n)
         roots = {}
-        for row in s.query(CampaignRound).all():
+        for row in s.execute(select(CampaignRound)).scalars():
             roots[row.round] = json.loads(row.plan).get("image_root")
         by_root: dict[str, list[int]] = {}
         for k in range(1, r):
@@ -239,7 +241,9 @@ def _ingest_step(engine, campaign_dir: Path, r: int, plan: RoundPlan, rdir: Path
     from orchestrator.atomic import atomic_write_text
     from orchestrator.ingest import read_predictions
     from orchestrator.rounds import append_round_masks, frozen_decisions
-    from orchestrator.store import Mask, count_rows, read_session, transaction
+    from sqlalchemy import select
+
+    from orchestrator.store import Mask, chunks, count_rows, read_session, transaction
 
     dets = rdir / "dets"
     results = _read_json(dets / "results.json", "detections of the retrained model")
@@ -247,8 +251,10 @@ def _ingest_step(engine, campaign_dir: Path, r: int, plan: RoundPlan, rdir: Path
     with read_session(engine) as s:
         n = count_rows(s, Mask)
         acc, _ = frozen_decisions(s, campaign_dir, n)
-        ids = np.flatnonzero(acc).tolist()
-        acc_rows = s.query(Mask.image_id, Mask.rle).filter(Mask.id.in_(ids)).all() if ids else []
+        acc_rows = []
+        for part in chunks(np.flatnonzero(acc).tolist()):
+            acc_rows += s.execute(select(Mask.image_id, Mask.rle).where(Mask.id.in_(part))
+                                  .order_by(Mask.id)).all()
     acc_rles = []
     for _, t in acc_rows:
         d = json.loads(t)
@@ -303,6 +309,8 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
     from orchestrator.config import load_config
     from orchestrator.export import ACCEPTED, masks_with_state
     from orchestrator.rounds import current_round, freeze_and_start, round_dir, round_row, set_step
+    from sqlalchemy import select
+
     from orchestrator.store import ArrayFile, CampaignRound, Mask, Question, count_rows, get_meta, \
         open_store, read_session, transaction
 
@@ -352,8 +360,8 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
         with transaction(engine) as s:
             if current_round(s) != r:          # another iterate started it meanwhile
                 raise LabelpropError(f"{d}: round {r + 1} was started meanwhile; rerun iterate")
-            info = freeze_and_start(s, d, r, {**plan.to_dict(), "out": str(round_dir(d, r + 1).resolve())},
-                                    first)
+            plan.out = str(round_dir(d, r + 1).resolve())
+            info = freeze_and_start(s, d, r, plan.to_dict(), first)
         (d / "forest.npz").unlink(missing_ok=True)     # archived as rounds/round-N/forest.npz
         say(f"round {r} frozen: {info['accepted']} accepted and {info['rejected']} rejected of "
             f"{info['masks']} masks; preparing round {r + 1}")
@@ -394,7 +402,8 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
             set_step(s, r, "open")
     with read_session(engine) as s:
         out["masks"] = count_rows(s, Mask, Mask.round == r)
-        out["accepted_earlier_rounds"] = int(sum(x.accepted for x in s.query(CampaignRound).all()))
+        out["accepted_earlier_rounds"] = int(sum(x.accepted for x in
+                                                 s.execute(select(CampaignRound)).scalars()))
     engine.dispose()
     return out
 

@@ -93,6 +93,7 @@ class RoundPlan:
     gt: str | None = None                # ground truth of the pool (simulated crowd's IoUs)
     threads: int | None = None
     device: str = "cpu"
+    out: str = ""                        # DIR/rounds/round-N: model, dets, accepted-*.json
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
