@@ -423,9 +423,9 @@ Examples:
 
   labelprop iterate runs/c1 --iters 300 --threads 2
 
-  labelprop iterate runs/c1 --train-data data/train/instances.json --images data/pool/instances.json
+  labelprop iterate runs/c1 --train-data train.json --images more-images/
 
-  labelprop iterate runs/sim --gt data/pool/instances.json    # a simulated crowd: IoUs for the new masks
+  labelprop iterate runs/sim --gt pool.json   # simulated crowd: new masks' IoUs
 """
 
 
