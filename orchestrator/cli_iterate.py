@@ -425,7 +425,7 @@ Examples:
 
   labelprop iterate runs/c1 --train-data train.json --images more-images/
 
-  labelprop iterate runs/sim --gt pool.json   # simulated crowd: new masks' IoUs
+  labelprop iterate runs/sim --gt pool.json   # IoUs for a simulated crowd
 """
 
 
