@@ -229,6 +229,7 @@ def test_iterate_killed_and_crashed_runs_round_two_once_and_proposes_no_overlapp
     rounds = {x["round"]: x for x in st["rounds"]}
     assert rounds[1]["accepted_masks"] == even and rounds[2]["masks"] == len(kept)
     assert rounds[2]["accepted_masks"] > 0 and out["accepted_masks"] == rounds[2]["accepted_masks"]
+    assert out["masks"] == len(kept)          # `run` reports on the round it searches
     assert st["accepted_masks"] == even + rounds[2]["accepted_masks"]
     eng = open_store(camp)
     export_coco(eng, camp, root / "all.json")
