@@ -46,6 +46,7 @@ COMMAND_MODULES = [
     "orchestrator.cli_crowd",
     "orchestrator.crowd_server.cli",
     "orchestrator.cli_evaluate",
+    "orchestrator.cli_iterate",
     "detection.cli",            # train / detect / shapes: torch is imported inside the commands
 ]
 

@@ -25,7 +25,7 @@ from orchestrator.search import SearchParams as _SP
 
 __all__ = [
     "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
-    "QualificationSection", "AssetsSection", "SimulatedSection", "CrowdSection", "CampaignConfig",
+    "IterateSection", "QualificationSection", "AssetsSection", "SimulatedSection", "CrowdSection", "CampaignConfig",
     "default_config", "load_config", "save_config", "config_path", "resolve_store_url", "apply_backend_defaults",
 ]
 
@@ -73,6 +73,15 @@ class ClusteringSection:
     exact_limit: int = 0        # 0: derived from the machine's memory (about 70,000 on 24 GiB)
     part_size: int = DEFAULT_PART_SIZE  # largest part of the two-level path
     reps: int = DEFAULT_REPS            # representatives per part (distance between parts)
+
+
+@dataclass
+class IterateSection:
+    # `labelprop iterate` drops a new detection that overlaps a mask accepted in an earlier
+    # round on the same image: mask IoU >= overlap_iou, or at least overlap_inside of the
+    # new mask's area inside the accepted mask (a part of an already annotated object)
+    overlap_iou: float = 0.5
+    overlap_inside: float = 0.8
 
 
 @dataclass
@@ -154,6 +163,7 @@ class CampaignConfig:
     search: SearchSection = field(default_factory=SearchSection)
     clustering: ClusteringSection = field(default_factory=ClusteringSection)
     crowd: CrowdSection = field(default_factory=CrowdSection)
+    iterate: IterateSection = field(default_factory=IterateSection)
 
 
 _HEADER = """\
@@ -215,6 +225,10 @@ _HEADER = """\
 #              (at most 604800, and longer than lifetime + assignment duration).
 #              overlay_size (pixels), overlay_context (margin around the mask box).
 #              With the bundled crowd server the files are also uploaded to it.
+# [iterate]    `labelprop iterate` (retrain on accepted masks, detect again, next round)
+#              drops a new detection overlapping an accepted mask of the same image:
+#              mask IoU >= overlap_iou, or a share >= overlap_inside of the new mask's
+#              area inside the accepted one.
 # [crowd.simulated]  the crowd of backend = "simulated": workers (a spec such as
 #              "ann:accuracy=0.95;bob:spammer"; empty: one worker), error_rate (that
 #              one worker's), seconds_per_question.
@@ -312,6 +326,11 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
     def bad(key: str, msg: str):
         raise LabelpropError(f"{file}: {key} {msg}")
 
+    it = cfg.iterate
+    for k in ("overlap_iou", "overlap_inside"):
+        v = getattr(it, k)
+        if not 0.0 < v <= 1.0:
+            bad(f"iterate.{k}", f"must be in (0, 1], got {v!r}")
     s = cfg.search
     for k in ("ka", "kiou", "kpa", "kpr"):
         v = getattr(s, k)
