@@ -127,7 +127,7 @@ class ProlificSection:
     min_hourly_usd: float = 8.0        # Prolific's minimum pay per hour (check yours on Prolific)
     hits_per_place: int = 3            # HITs one place pays for (reward = hits_per_place * reward_usd)
     extra_hits: int = 2                # more HITs a participant may do, each paid as a bonus of reward_usd
-    estimated_minutes: int = 5         # estimated_completion_time of one place
+    estimated_minutes: int = 3         # estimated_completion_time of one place (minutes)
     places_per_step: int = 5           # places added at a time while the search needs answers
     study_name: str = ""               # empty: crowd.title
     bonus_settle_seconds: int = 3600   # a bonus pay call of unknown outcome is re-checked this long before paying again
