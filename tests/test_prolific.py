@@ -271,7 +271,7 @@ def test_bonus_pay_with_lost_answer_is_not_paid_twice(world):
                                   "completion_codes": [{"code": "C1", "code_type": "COMPLETED",
                                                         "actions": [{"action": "MANUALLY_REVIEW"}]}],
                                   "reward": 20, "total_available_places": 1, "estimated_completion_time": 1})
-        st["status"] = "ACTIVE"
+        fake2.studies[st["id"]]["status"] = "ACTIVE"
         sub, _url = fake2.take_place(st["id"], "d" * 24)
         engine = open_store(camp)
         with transaction(engine) as s:

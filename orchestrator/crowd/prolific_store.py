@@ -23,7 +23,7 @@ from sqlmodel import Field, SQLModel
 
 
 def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+    return _dt.datetime.now(_dt.timezone.utc)
 
 
 class ProlificStudy(SQLModel, table=True):

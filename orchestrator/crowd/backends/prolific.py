@@ -96,6 +96,15 @@ def place_money(s) -> tuple[int, int, int]:
     return reserved, owed, spent
 
 
+def _load(engine, model, key):
+    """A row read and detached with its values (None if absent)."""
+    with read_session(engine) as s:
+        obj = s.get(model, key)
+        if obj is not None:
+            s.expunge(obj)
+        return obj
+
+
 def _worst(st: ProlificStudy) -> int:
     return st.place_worst_cents or st.reward_cents
 
@@ -177,8 +186,8 @@ class ProlificBackend:
         from orchestrator.posting import ledger
 
         cc, pc = ctx.cfg.crowd, ctx.cfg.crowd.prolific
+        st = _load(ctx.engine, ProlificStudy, internal)
         with read_session(ctx.engine) as s:
-            st = s.get(ProlificStudy, internal)
             led = ledger(s, cc.budget_usd)
         if st is None:
             places = pc.places_per_step
@@ -195,8 +204,7 @@ class ProlificBackend:
                                         place_worst_cents=self.place_worst))
                     log_event(s, "prolific_study_intent", internal_name=internal, places=places,
                               reward_cents=self.place_reward)
-            with read_session(ctx.engine) as s:
-                st = s.get(ProlificStudy, internal)
+            st = _load(ctx.engine, ProlificStudy, internal)
         if st.study_id is None:
             found = [x for x in self.client.list_studies() if x.get("internal_name") == internal]
             if found:
@@ -219,8 +227,7 @@ class ProlificBackend:
                 row = s.get(ProlificStudy, internal)
                 row.study_id, row.status = sid, "UNPUBLISHED"
                 log_event(s, "prolific_study", study=sid, how=how)
-            with read_session(ctx.engine) as s:
-                st = s.get(ProlificStudy, internal)
+            st = _load(ctx.engine, ProlificStudy, internal)
         return st
 
     def _sync(self, st: ProlificStudy) -> None:
@@ -388,14 +395,13 @@ class ProlificBackend:
                                                      "(labelprop records them itself)")
         with read_session(self.engine) as s:
             study = s.execute(select(ProlificStudy.study_id)).scalars().first()
-            row = s.get(ProlificBonusPay, token)
+        row = _load(self.engine, ProlificBonusPay, token)
         if row is None:
             before = len(self.client.get_submission(assignment_id).get("bonus_payments") or [])
             with transaction(self.engine) as s:
                 if s.get(ProlificBonusPay, token) is None:
                     s.add(ProlificBonusPay(token=token, submission_id=assignment_id, before=before))
-            with read_session(self.engine) as s:
-                row = s.get(ProlificBonusPay, token)
+            row = _load(self.engine, ProlificBonusPay, token)
         if row.done:
             return
         if row.pay_sent_at is not None:
