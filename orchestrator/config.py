@@ -130,6 +130,7 @@ class ProlificSection:
     estimated_minutes: int = 3         # estimated_completion_time of one place (minutes)
     places_per_step: int = 5           # places added at a time while the search needs answers
     study_name: str = ""               # empty: crowd.title
+    wait_seconds: int = 300            # a participant finding no HIT waits this long for the next poll's HITs
     bonus_settle_seconds: int = 3600   # a bonus pay call of unknown outcome is re-checked this long before paying again
 
 

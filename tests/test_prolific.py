@@ -91,7 +91,9 @@ class Participant(threading.Thread):
                 page = self._get(opener, "/prolific/next?format=json") if self.extra and self._hit(opener, page) \
                     else self._get(opener, "/prolific/finish", [])
                 continue
-            if act == "hit":
+            if act == "wait":
+                time.sleep(0.2)
+            elif act == "hit":
                 self._hit(opener, page)
             elif act == "test":
                 self._test(opener, page["qualification_type_id"])
@@ -139,10 +141,10 @@ def world(tmp_path_factory):
 
 def _campaign(base, srv, fake, assets, name, budget, **pr):
     section = ProlificSection(api_url=fake.url, hits_per_place=2, extra_hits=2, estimated_minutes=1,
-                              places_per_step=3, bonus_settle_seconds=0, **pr)
+                              places_per_step=3, bonus_settle_seconds=0, wait_seconds=30, **pr)
     return make_crowd_campaign(
         base, name, endpoint_url=srv.endpoint_url, assets_dir=assets, seed=5, backend="prolific",
-        n_images=30, gold_images=10, data_seed=5,
+        n_images=14, gold_images=10, data_seed=5,
         crowd={"questions_per_hit": 3, "gold_per_hit": 2, "max_hits_in_flight": 3, "reward_usd": 0.10,
                "budget_usd": budget, "prolific": section},
         qualification={"enabled": True, "questions": 4, "pass_fraction": 0.75, "min_gold_answers": 2,
@@ -184,7 +186,7 @@ def test_campaign_through_prolific_with_kills(world):
     lp("poll", camp, "--json", env=_env(srv))
     t_pass = time.monotonic() - t0
     final = None
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if kills < 12:
             p = subprocess.Popen(LABELPROP + ["poll", str(camp), "--json"], cwd=ROOT, env={**os.environ, **_env(srv)},
@@ -214,7 +216,10 @@ def test_campaign_through_prolific_with_kills(world):
                 not final["messages"] and final.get("owed_usd", 0) == 0:
             break
         time.sleep(0.3)
-    assert final is not None and final["finished"], final
+    summary = {k: final.get(k) for k in ("done", "hits_in_flight", "hits_by_status", "messages", "pass", "spent_usd",
+                                         "budget_exhausted", "stalled", "assignments")} if final else None
+    assert final is not None and final["finished"], (summary, [(p.pid, p.results, p.errors) for p in started][:12],
+                                                     [(x["status"], x["entered_code"]) for x in fake.submissions.values()])
     assert kills >= 8, kills
     errors = [e for p in started for e in p.errors]
     assert not errors, errors

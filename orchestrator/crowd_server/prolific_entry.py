@@ -87,6 +87,7 @@ class ProlificEntry:
             p = json.loads(body or b"{}")
             hits = int(p.get("hits_per_place", 1))
             extra = int(p.get("extra_hits", 0))
+            wait = int(p.get("wait_seconds", 300))
             url = str(p.get("completion_url") or DEFAULT_COMPLETION_URL)
             if not (1 <= hits <= 1000 and 0 <= extra <= 1000) or not url.startswith(("https://", "http://")):
                 raise ValueError
@@ -97,7 +98,8 @@ class ProlificEntry:
             row = s.get(Setting, CONFIG_KEY)
             old = json.loads(row.value) if row is not None else {}
             codes = old.get("codes") or {t: _code() for t in CODE_TYPES}
-            cfg = {"hits_per_place": hits, "extra_hits": extra, "completion_url": url, "codes": codes}
+            cfg = {"hits_per_place": hits, "extra_hits": extra, "completion_url": url, "codes": codes,
+                   "wait_seconds": max(0, wait)}
             s.merge(Setting(key=CONFIG_KEY, value=json.dumps(cfg)))
         return _json(200, cfg)
 
@@ -159,6 +161,13 @@ class ProlificEntry:
             row = s.get(Setting, PARTICIPANT_PREFIX + pid)
             return (pid, json.loads(row.value)) if row is not None else None
 
+    def _update(self, pid: str, **kv) -> None:
+        with self.store.write() as s:
+            row = s.get(Setting, PARTICIPANT_PREFIX + pid)
+            info = json.loads(row.value)
+            info.update(kv)
+            s.merge(Setting(key=row.key, value=json.dumps(info)))
+
     def _submitted(self, w: Worker) -> int:
         with self.store.read() as s:
             return int(s.exec(select(func.count()).select_from(Assignment).where(
@@ -207,11 +216,25 @@ class ProlificEntry:
                          f"(open /prolific/finish), or do up to {need + extra - done} more for a bonus of "
                          f"${ready[0].reward} each (open /groups/{ready[0].hit_type_id})."),
                 back="/prolific/finish"))
+        if ready and info.get("waiting_since") is not None:
+            self._update(pid, waiting_since=None)
         if ready:
             g = ready[0]
             if wants_json:
                 return _json(200, {"action": "hit", "hit_type_id": g.hit_type_id, "done": done})
             return _redirect(f"/groups/{quote(g.hit_type_id)}")
+        now = clock.now()
+        if not ready and not any(g.unmet for g in groups):
+            # no HIT to take right now: the requester's next poll may post more; wait a while
+            since = info.get("waiting_since") or now
+            if info.get("waiting_since") is None:
+                self._update(pid, waiting_since=now)
+            if now - since < cfg.get("wait_seconds", 300):
+                if wants_json:
+                    return _json(200, {"action": "wait", "done": done})
+                return _html(200, "<!doctype html><meta http-equiv=refresh content=10><title>Please wait</title>"
+                                  "<p>More HITs are being prepared; this page reloads by itself.</p>",
+                             [("Refresh", "10")])
         if done:
             return self._finish(w, pid, "COMPLETED", wants_json, "no HIT left")
         # nothing to accept: a test to take, a test failed, or no work

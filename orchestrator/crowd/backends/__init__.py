@@ -25,7 +25,7 @@ __all__ = ["register_backend", "make_backend", "backend_names", "backend_fees", 
 
 _REGISTRY: dict[str, Callable] = {}
 _LAZY = {"mturk": "orchestrator.crowd.backends.mturk", "server": "orchestrator.crowd.backends.mturk",
-         "simulated": "orchestrator.crowd.backends.simulated"}
+         "simulated": "orchestrator.crowd.backends.simulated", "prolific": "orchestrator.crowd.backends.prolific"}
 
 
 def register_backend(name: str):

@@ -160,7 +160,8 @@ class ProlificBackend:
     def codes(self) -> dict:
         if self._codes is None:
             pc = self.cfg.crowd.prolific
-            body = json.dumps({"hits_per_place": pc.hits_per_place, "extra_hits": pc.extra_hits}).encode()
+            body = json.dumps({"hits_per_place": pc.hits_per_place, "extra_hits": pc.extra_hits,
+                               "wait_seconds": pc.wait_seconds}).encode()
             self._codes = self._signed("POST", "/prolific/config", body)["codes"]
         return self._codes
 
