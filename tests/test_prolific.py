@@ -319,3 +319,26 @@ def test_client_retries_5xx_and_maps_4xx(world):
     with pytest.raises(BackendError) as e:
         c.get_submission("0" * 24)
     assert e.value.code == "not_found"
+
+
+def test_fees_estimate_and_minimum_hourly_pay(world, tmp_path):
+    from orchestrator.config import load_config, save_config
+    from orchestrator.crowd.backends.prolific_api import prolific_fees
+    from orchestrator.errors import LabelpropError
+
+    assert prolific_fees("academic").place_cost_cents(20) == 27          # 20 + 33.3% (6.66 -> 7)
+    assert prolific_fees("company").place_cost_cents(20) == 29           # 20 + 42.8% (8.56 -> 9)
+    assert prolific_fees("academic").bonus_cost_cents(10) == 13
+    srv, fake, base, assets = world
+    camp = _campaign(base, srv, fake, assets, "est", 0.0)
+    from orchestrator.cli_estimate import estimate_data
+
+    out = estimate_data(camp)
+    pr = out["prolific"]
+    assert pr["places"] == -(-out["hits"] // 2) and pr["place_reward_usd"] == 0.20
+    assert out["cost_usd"] == pytest.approx(pr["places"] * 0.27)
+    cfg = load_config(camp)
+    cfg.crowd.prolific.estimated_minutes = 5                  # $0.20 for 5 minutes: $2.40 an hour
+    with pytest.raises(LabelpropError, match="crowd.prolific.hits_per_place.*minimum"):
+        save_config(camp, cfg)
+        load_config(camp)

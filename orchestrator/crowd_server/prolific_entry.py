@@ -174,7 +174,7 @@ class ProlificEntry:
                 Assignment.worker_id == w.worker_id, Assignment.status.in_(_DONE))).one())
 
     def _finish(self, w: Worker, pid: str, code_type: str, wants_json: bool, reason: str):
-        from .worker_web import _html, _json, _redirect
+        from .worker_web import _json, _redirect
 
         cfg = self.config()
         code = cfg["codes"][code_type]
@@ -186,7 +186,6 @@ class ProlificEntry:
             s.merge(Setting(key=row.key, value=json.dumps(info)))
         if wants_json:
             return _json(200, {"action": "complete", "url": url, "code_type": code_type, "reason": reason})
-        del _html
         return _redirect(url)
 
     def next(self, w: Worker, wants_json: bool):

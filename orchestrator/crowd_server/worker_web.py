@@ -345,6 +345,8 @@ class WorkerWeb:
         return ProlificEntry(self)
 
     def dashboard(self, w, wants_json, query) -> Response:
+        if not wants_json and w.name.startswith("prolific-"):
+            return _redirect("/prolific/next")      # a Prolific participant's next step (prolific_entry.py)
         groups = self.actions.groups(w)
         work = self.actions.work(w)
         if wants_json:

@@ -379,10 +379,9 @@ class ProlificBackend:
     def _study_transition(self, ctx, st: ProlificStudy, action: str, status: str) -> None:
         try:
             self.client.transition_study(st.study_id, action)
-        except BackendError as exc:
-            if self.client.get_study(st.study_id).get("status") != status:
+        except BackendError:
+            if self.client.get_study(st.study_id).get("status") != status:     # not "already done"
                 raise
-            del exc
         with transaction(ctx.engine) as s:
             s.get(ProlificStudy, st.internal_name).status = status
             log_event(s, "prolific_study_" + status.lower(), study=st.study_id)

@@ -152,3 +152,21 @@ class ProlificClient:
 
     def pay_bonus(self, bulk_id: str) -> dict:
         return self.request("POST", f"/bulk-bonus-payments/{bulk_id}/pay/", {}, retry=False)
+
+
+def place_estimate(cfg, hits: int, seconds_per_question: float) -> dict:
+    """What ``hits`` HITs cost on Prolific (pure): places of ``hits_per_place`` HITs, each paying its
+    reward plus the fee (no extra HITs assumed), and the pay per hour a participant gets, checked
+    against ``min_hourly_usd``."""
+    cc, pc = cfg.crowd, cfg.crowd.prolific
+    fees = prolific_fees(pc.account, pc.min_hourly_usd, pc.fee_permille)
+    reward = int(round(cc.reward_usd * 100)) * pc.hits_per_place
+    places = -(-int(hits) // pc.hits_per_place) if hits else 0
+    per_place_seconds = pc.hits_per_place * (cc.questions_per_hit + cc.gold_per_hit) * seconds_per_question
+    hourly = reward * 3600 / per_place_seconds / 100 if per_place_seconds > 0 else None
+    return {"places": places, "place_reward_usd": reward / 100, "fee": fees.name,
+            "fee_percent": fees.permille / 10, "cost_cents": places * fees.place_cost_cents(reward),
+            "expected_hourly_usd": round(hourly, 2) if hourly is not None else None,
+            "estimated_minutes_per_place": round(per_place_seconds / 60, 1),
+            "min_hourly_usd": pc.min_hourly_usd,
+            "meets_min_hourly": hourly is None or hourly >= pc.min_hourly_usd}
