@@ -141,10 +141,10 @@ def world(tmp_path_factory):
 
 def _campaign(base, srv, fake, assets, name, budget, **pr):
     section = ProlificSection(api_url=fake.url, hits_per_place=2, extra_hits=2, estimated_minutes=1,
-                              places_per_step=3, bonus_settle_seconds=0, wait_seconds=30, **pr)
+                              places_per_step=3, bonus_settle_seconds=0, wait_seconds=8, **pr)
     return make_crowd_campaign(
         base, name, endpoint_url=srv.endpoint_url, assets_dir=assets, seed=5, backend="prolific",
-        n_images=14, gold_images=10, data_seed=5,
+        n_images=10, gold_images=10, data_seed=5,
         crowd={"questions_per_hit": 3, "gold_per_hit": 2, "max_hits_in_flight": 3, "reward_usd": 0.10,
                "budget_usd": budget, "prolific": section},
         qualification={"enabled": True, "questions": 4, "pass_fraction": 0.75, "min_gold_answers": 2,
@@ -166,17 +166,19 @@ def test_campaign_through_prolific_with_kills(world):
     study = next(iter(fake.studies.values()))
     assert study["status"] == "ACTIVE" and study["reward"] == 20
     people = [Participant(fake, srv.endpoint_url, f"{i:024x}", policy, extra=i % 2 == 0, seed=i) for i in range(1, 40)]
-    people.insert(2, Participant(fake, srv.endpoint_url, "b" * 24, policy, wrong_test=True))
-    people.insert(4, Participant(fake, srv.endpoint_url, "c" * 24, policy, returner=True))
+    # first in line (HITs are out: the first poll posted them): one fails the qualification test
+    people.insert(0, Participant(fake, srv.endpoint_url, "b" * 24, policy, wrong_test=True))
+    people.insert(1, Participant(fake, srv.endpoint_url, "c" * 24, policy, returner=True))
     started = []
 
-    def feeder():          # participants arrive over time, a few at once
+    def feeder():          # participants arrive over time, two at once
         for p in people:
             if stop_feed.is_set():
                 return
             p.start()
             started.append(p)
-            p.join(timeout=120)
+            if len(started) >= 2:
+                started[-2].join(timeout=120)
 
     stop_feed = threading.Event()
     t_feed = threading.Thread(target=feeder, daemon=True)
@@ -188,7 +190,7 @@ def test_campaign_through_prolific_with_kills(world):
     final = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if kills < 12:
+        if kills < 10:
             p = subprocess.Popen(LABELPROP + ["poll", str(camp), "--json"], cwd=ROOT, env={**os.environ, **_env(srv)},
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
