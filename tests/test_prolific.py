@@ -344,3 +344,41 @@ def test_fees_estimate_and_minimum_hourly_pay(world, tmp_path):
     with pytest.raises(LabelpropError, match="crowd.prolific.hits_per_place.*minimum"):
         save_config(camp, cfg)
         load_config(camp)
+
+
+def test_server_entry_routes(world, tmp_path):
+    """The server's Prolific routes: the configuration is signed with the requester key, and once
+    a study id is set only that study's participants are let in (browser path: HTML redirects)."""
+    import urllib.error
+
+    from orchestrator.config import apply_backend_defaults, default_config
+    from orchestrator.crowd.backends.mturk import MTurkBackend
+    from orchestrator.crowd.backends.prolific import ProlificBackend
+    from orchestrator.crowd.backends.prolific_api import ProlificClient
+
+    srv, fake, base, assets = world
+    cfg = apply_backend_defaults(default_config(), "prolific")
+    be = ProlificBackend(MTurkBackend(srv.client(), bundled=True), ProlificClient(TOKEN, fake.url), cfg, None)
+    codes = be.codes("5f0000000000000000000abc")
+    assert set(codes) == {"COMPLETED", "FAILED_ATTENTION_CHECK", "OTHER"} and len(set(codes.values())) == 3
+    assert be.codes("5f0000000000000000000abc") == codes                       # kept
+    req = urllib.request.Request(srv.endpoint_url + "/prolific/config", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:                           # unsigned
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 403
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPCookieProcessor(CookieJar()))
+    start = srv.endpoint_url + "/prolific/start?PROLIFIC_PID=" + "e" * 24 + "&SESSION_ID=s1&STUDY_ID="
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(start + "another", timeout=10)
+    assert e.value.code == 403
+    with pytest.raises(urllib.error.HTTPError) as e:                           # 303: signed in, sent on
+        opener.open(start + "5f0000000000000000000abc", timeout=10)
+    assert e.value.code == 303 and e.value.headers["Location"] == "/prolific/next"
+    with pytest.raises(urllib.error.HTTPError) as e:                           # bad participant id
+        opener.open(srv.endpoint_url + "/prolific/start?PROLIFIC_PID=a%20b&STUDY_ID=x", timeout=10)
+    assert e.value.code == 400

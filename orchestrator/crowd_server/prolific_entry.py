@@ -18,7 +18,8 @@ A participant who wants to stop before doing any HIT returns the study on Prolif
 says so); one who stops after some HITs finishes with the COMPLETED code.
 
 The requester configures this with ``POST /prolific/config`` (JSON: ``hits_per_place``,
-``extra_hits``, ``completion_url``), signed with the requester key like every Requester API
+``extra_hits``, ``completion_url``, ``wait_seconds``, and once the study exists ``study_id``: then
+only arrivals with that ``STUDY_ID`` are let in), signed with the requester key like every Requester API
 call (SigV4, as ``POST /assets/...``); the answer carries the completion codes, made once per
 data directory and kept.  ``GET /prolific/participants`` (signed too) lists every participant
 with their worker id and how many HITs they submitted, so the requester can reconcile Prolific
@@ -88,6 +89,7 @@ class ProlificEntry:
             hits = int(p.get("hits_per_place", 1))
             extra = int(p.get("extra_hits", 0))
             wait = int(p.get("wait_seconds", 300))
+            study = str(p.get("study_id") or "")[:64]
             url = str(p.get("completion_url") or DEFAULT_COMPLETION_URL)
             if not (1 <= hits <= 1000 and 0 <= extra <= 1000) or not url.startswith(("https://", "http://")):
                 raise ValueError
@@ -99,7 +101,7 @@ class ProlificEntry:
             old = json.loads(row.value) if row is not None else {}
             codes = old.get("codes") or {t: _code() for t in CODE_TYPES}
             cfg = {"hits_per_place": hits, "extra_hits": extra, "completion_url": url, "codes": codes,
-                   "wait_seconds": max(0, wait)}
+                   "wait_seconds": max(0, wait), "study_id": study or old.get("study_id", "")}
             s.merge(Setting(key=CONFIG_KEY, value=json.dumps(cfg)))
         return _json(200, cfg)
 
@@ -131,6 +133,9 @@ class ProlificEntry:
         if not _PID.fullmatch(pid):
             raise WorkerError(400, "Open this study from Prolific: the link carries your Prolific ID.")
         study, session = query.get("STUDY_ID", ""), query.get("SESSION_ID", "")
+        if cfg.get("study_id") and study != cfg["study_id"]:
+            raise WorkerError(403, "This link does not belong to the study that is open here; open the study "
+                                   "from Prolific again.")
         name = WORKER_PREFIX + pid
         w = self.store.find_worker(name)
         if w is None:

@@ -157,11 +157,12 @@ class ProlificBackend:
         except OSError as exc:
             raise PlatformUnavailable(f"cannot reach the crowd server at {self.inner.endpoint}: {exc}") from None
 
-    def codes(self) -> dict:
-        if self._codes is None:
+    def codes(self, study_id: str = "") -> dict:
+        """Configure the server's Prolific entry (idempotent) and return its completion codes."""
+        if self._codes is None or study_id:
             pc = self.cfg.crowd.prolific
             body = json.dumps({"hits_per_place": pc.hits_per_place, "extra_hits": pc.extra_hits,
-                               "wait_seconds": pc.wait_seconds}).encode()
+                               "wait_seconds": pc.wait_seconds, "study_id": study_id}).encode()
             self._codes = self._signed("POST", "/prolific/config", body)["codes"]
         return self._codes
 
@@ -174,6 +175,7 @@ class ProlificBackend:
         st = self._study(ctx, internal, codes)
         if st is None:
             return {}
+        self.codes(st.study_id)           # from now on the server lets in this study's participants only
         self._sync(st)
         self._decide(ctx, st, codes)
         self._transitions(ctx)
@@ -348,13 +350,16 @@ class ProlificBackend:
             held = int(s.execute(select(func.count()).select_from(ProlificSubmission).where(
                 ProlificSubmission.study_id == st.study_id,
                 (ProlificSubmission.remote_status.in_(COUNTED)) | (ProlificSubmission.decision != ""))).scalar_one())
+            active = int(s.execute(select(func.count()).select_from(ProlificSubmission).where(
+                ProlificSubmission.study_id == st.study_id, ProlificSubmission.remote_status == "ACTIVE")).scalar_one())
         done = bool(ctx.cs.summary().get("done"))
         status = st.status
         if done and open_hits == 0:
             if status in ("ACTIVE", "PAUSED"):
                 self._study_transition(ctx, st, "STOP", "COMPLETED")
             return
-        if open_hits and held >= st.places:
+        # more places only while every place is taken and there are more HITs out than people on them
+        if open_hits and held >= st.places and open_hits > active:
             add = pc.places_per_step
             if led.left_cents is not None:
                 add = min(add, max(0, led.left_cents) // self.place_worst)
