@@ -382,3 +382,26 @@ def test_server_entry_routes(world, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as e:                           # bad participant id
         opener.open(srv.endpoint_url + "/prolific/start?PROLIFIC_PID=a%20b&STUDY_ID=x", timeout=10)
     assert e.value.code == 400
+
+
+def test_test_study_command(world):
+    """`labelprop prolific-test-study` creates the study once (unpublished) and starts Prolific's test run."""
+    from crowd_campaign_helpers import cli
+
+    srv, _fake, base, assets = world
+    fake = FakeProlific(TOKEN).start()
+    try:
+        camp = _campaign(base, srv, fake, assets, "tstudy", 5.0)
+        env = {**_env(srv)}
+        out = json.loads(cli("prolific-test-study", camp, "--json", env=env).stdout)
+        again = json.loads(cli("prolific-test-study", camp, "--json", env=env).stdout)
+        assert out["study_id"] == again["study_id"] and out["status"] == "UNPUBLISHED"
+        assert len(fake.studies) == 1
+        assert "/prolific/start?PROLIFIC_PID={{%PROLIFIC_PID%}}" in out["external_study_url"]
+        assert sum(1 for c in fake.calls if c[1].endswith("/test-study") and c[2] == 200) == 2
+        assert not fake.ledger
+        r = cli("prolific-test-study", camp, env={k: v for k, v in env.items() if k != "PROLIFIC_TOKEN"} |
+                {"PROLIFIC_TOKEN": ""}, check=False)
+        assert r.returncode == 2 and "PROLIFIC_TOKEN" in r.stderr
+    finally:
+        fake.stop()
