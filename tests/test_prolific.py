@@ -339,6 +339,10 @@ def test_fees_estimate_and_minimum_hourly_pay(world, tmp_path):
     pr = out["prolific"]
     assert pr["places"] == -(-out["hits"] // 2) and pr["place_reward_usd"] == 0.20
     assert out["cost_usd"] == pytest.approx(pr["places"] * 0.27)
+    from crowd_campaign_helpers import cli
+
+    text = cli("estimate", camp, "--runs", "1").stdout
+    assert "places at $0.20 + 33.3% fee" in text and "minimum" in text, text
     cfg = load_config(camp)
     cfg.crowd.prolific.estimated_minutes = 5                  # $0.20 for 5 minutes: $2.40 an hour
     with pytest.raises(LabelpropError, match="crowd.prolific.hits_per_place.*minimum"):
@@ -405,3 +409,4 @@ def test_test_study_command(world):
         assert r.returncode == 2 and "PROLIFIC_TOKEN" in r.stderr
     finally:
         fake.stop()
+
