@@ -264,7 +264,7 @@ def test_bonus_pay_with_lost_answer_is_not_paid_twice(world):
     from orchestrator.config import load_config
     from orchestrator.crowd.backends.prolific import ProlificBackend
     from orchestrator.crowd.backends.prolific_api import ProlificClient
-    from orchestrator.crowd.backends.base import PlatformUnavailable
+    from orchestrator.crowd.backends.base import BackendError
     from orchestrator.crowd.prolific_store import ProlificBonusPay, ProlificStudy
     from orchestrator.store import open_store, transaction
 
@@ -287,8 +287,9 @@ def test_bonus_pay_with_lost_answer_is_not_paid_twice(world):
                                                 "close": lambda self: None})(),
                              ProlificClient(TOKEN, fake2.url, retries=0), cfg, engine)
         fake2.drop_after_pay = 1
-        with pytest.raises(PlatformUnavailable):
+        with pytest.raises(BackendError) as e:          # outcome unknown: left for the next pass
             be.pay_bonus("d" * 24, sub, 10, "extra", f"lpp-{sub}")
+        assert e.value.code == "invalid_state"
         assert len(fake2.submissions[sub]["bonus_payments"]) == 1      # it did pay
         be.pay_bonus("d" * 24, sub, 10, "extra", f"lpp-{sub}")           # the rerun
         be.pay_bonus("d" * 24, sub, 10, "extra", f"lpp-{sub}")
@@ -298,6 +299,22 @@ def test_bonus_pay_with_lost_answer_is_not_paid_twice(world):
         from sqlmodel import Session
         with Session(engine) as s:
             assert s.get(ProlificBonusPay, f"lpp-{sub}").done
+        # killed after recording the pay call but before making it: nothing on the submission; within
+        # bonus_settle_seconds the pass waits (the call might still land), after it pays exactly once
+        import datetime as dt
+        fake2.studies[st["id"]]["total_available_places"] = 2
+        sub2, _ = fake2.take_place(st["id"], "f" * 24)
+        with transaction(engine) as s:
+            s.add(ProlificBonusPay(token=f"lpp-{sub2}", submission_id=sub2, before=0,
+                                   pay_sent_at=dt.datetime.now(dt.timezone.utc)))
+        be.cfg.crowd.prolific.bonus_settle_seconds = 3600
+        with pytest.raises(BackendError) as e:
+            be.pay_bonus("f" * 24, sub2, 20, "extra", f"lpp-{sub2}")
+        assert "never paying twice" in str(e.value) and fake2.submissions[sub2]["bonus_payments"] == []
+        be.cfg.crowd.prolific.bonus_settle_seconds = 0
+        be.pay_bonus("f" * 24, sub2, 20, "extra", f"lpp-{sub2}")
+        be.pay_bonus("f" * 24, sub2, 20, "extra", f"lpp-{sub2}")
+        assert fake2.submissions[sub2]["bonus_payments"] == [20]
         engine.dispose()
     finally:
         fake2.stop()

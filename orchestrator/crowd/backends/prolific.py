@@ -427,7 +427,12 @@ class ProlificBackend:
             row.bulk_id = bulk
         with transaction(self.engine) as s:          # recorded BEFORE the non-idempotent call
             s.get(ProlificBonusPay, token).pay_sent_at = utcnow()
-        self.client.pay_bonus(row.bulk_id)
+        try:
+            self.client.pay_bonus(row.bulk_id)
+        except PlatformUnavailable as exc:        # sent, answer lost: it may have paid; never call blindly again
+            raise BackendError("pay_bonus", INVALID_STATE, f"the pay call for bonus {token} got no answer ({exc}); "
+                                                           f"the next pass checks the submission before anything "
+                                                           f"else") from None
         self._bonus_done(token, "paid")
 
     def _bonus_done(self, token: str, how: str) -> None:
