@@ -203,7 +203,7 @@ _HEADER = """\
 #              matrix fits in 80% of the machine's memory, about 70,000 masks on 24 GiB).
 #              part_size: largest part of the two-level path (exact trees inside); reps:
 #              representatives per part for the complete-linkage distance between parts.
-# [crowd]      backend: mturk | server | simulated.  endpoint_url: empty for the
+# [crowd]      backend: mturk | server | simulated | prolific.  endpoint_url: empty for the
 #              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
 #              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
 #              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
@@ -236,6 +236,12 @@ _HEADER = """\
 # [crowd.simulated]  the crowd of backend = "simulated": workers (a spec such as
 #              "ann:accuracy=0.95;bob:spammer"; empty: one worker), error_rate (that
 #              one worker's), seconds_per_question.
+# [crowd.prolific]  the study of backend = "prolific" (README: Paid crowd on Prolific):
+#              public_url (the crowd server's https URL), account (academic 33.3% fee |
+#              company 42.8%), hits_per_place (a place pays that many times reward_usd),
+#              extra_hits (each paid as a bonus), estimated_minutes, min_hourly_usd,
+#              places_per_step, wait_seconds, bonus_settle_seconds.  The API token
+#              comes from PROLIFIC_TOKEN in the environment, never from this file.
 """
 
 
