@@ -61,14 +61,10 @@ class Participant(threading.Thread):
             while not self.stop.is_set():
                 study = next(iter(self.fake.studies), None)
                 got = self.fake.take_place(study, self.pid) if study else None
-                if got is None:
-                    if any(s == got for s, _, _ in self.results):
-                        return
+                if got is None:                               # no free place yet: wait for one
                     time.sleep(0.05)
-                    if self.results:
-                        return                                 # one place each
                     continue
-                self.place(*got)
+                self.place(*got)                              # one place each
                 return
         except Exception as exc:   # recorded and asserted on by the test
             self.errors.append(repr(exc))
