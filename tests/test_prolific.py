@@ -203,8 +203,11 @@ def test_campaign_through_prolific_with_kills(world):
             break
         time.sleep(0.2)
     stop_feed.set()
+    for p in list(started):
+        p.stop.set()              # a participant still waiting for a place gives up; one in a place finishes it
     t_feed.join(timeout=120)
     for p in started:
+        p.stop.set()
         p.join(timeout=60)
     # settle what the last participants handed in
     for _ in range(10):
