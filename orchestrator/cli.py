@@ -44,6 +44,7 @@ COMMAND_MODULES = [
     "orchestrator.cli_run",
     "orchestrator.cli_estimate",
     "orchestrator.cli_crowd",
+    "orchestrator.cli_prolific",
     "orchestrator.crowd_server.cli",
     "orchestrator.cli_evaluate",
     "orchestrator.cli_iterate",

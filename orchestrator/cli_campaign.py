@@ -461,7 +461,8 @@ def init_cmd(
     seed: int = typer.Option(0, help="Seed for every random draw of the campaign."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     backend: Optional[str] = typer.Option(None, help="Crowd backend: simulated (default), server (the "
-                                          "bundled crowd server) or mturk. Sets defaults that suit it."),
+                                          "bundled crowd server), prolific (paid Prolific participants on "
+                                          "the bundled server) or mturk. Sets defaults that suit it."),
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="Spending limit in USD, fees "
                                                "included (crowd.budget_usd; MTurk production needs one)."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="The crowd platform's URL "

@@ -47,6 +47,11 @@ def estimate_data(campaign_dir: Path, db: Optional[str] = None, runs: int = 3) -
            "questions_per_hit": cc.questions_per_hit, "gold_per_hit": cc.gold_per_hit,
            "assignments_per_hit": cc.assignments_per_hit, "reward_usd": cc.reward_usd,
            "budget_usd": cc.budget_usd or None, "masks": cs.forest.n_masks}
+    if cc.backend == "prolific":       # paid per place (reward + Prolific's fee), not per HIT
+        from orchestrator.crowd.backends.prolific_api import place_estimate
+
+        out["prolific"] = place_estimate(cs.cfg, est.hits * cc.assignments_per_hit, est.seconds_per_question)
+        out["cost_usd"] = round(out["prolific"].pop("cost_cents") / 100, 2)
     out["within_budget"] = None if not cc.budget_usd else out["cost_usd"] <= cc.budget_usd
     cs.engine.dispose()
     return out
@@ -77,6 +82,12 @@ def estimate_cmd(
         f"plus fees{budget})\n"
         f"  work           {_hours(out['hours']):>9}   ({out['seconds_per_question']} s per question)\n"
         f"  masks accepted {out['accepted_masks']:>9,}   of {out['masks']:,}")
+    pr = out.get("prolific")
+    if pr:
+        pay = pr["expected_hourly_usd"]
+        typer.echo(f"  Prolific       {pr['places']:>9,}   places at ${pr['place_reward_usd']:.2f} + "
+                   f"{pr['fee_percent']:g}% fee; about ${pay:.2f} an hour for participants "
+                   f"({'meets' if pr['meets_min_hourly'] else 'BELOW'} the ${pr['min_hourly_usd']:.2f} minimum)")
 
 
 def _hours(h: float) -> str:
