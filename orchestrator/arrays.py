@@ -204,6 +204,9 @@ def load_forest(session: Session, campaign_dir: str | os.PathLike, verify: bool 
     from clustering.tree import Forest
 
     if session.get(ArrayFile, "forest") is None:
+        from orchestrator.rounds import check_not_preparing
+
+        check_not_preparing(session, campaign_dir, "the search goes on")
         raise LabelpropError(f"{campaign_dir}: no trees yet; run `labelprop cluster {campaign_dir}`")
     d = load_npz(session, campaign_dir, "forest", verify)
     try:

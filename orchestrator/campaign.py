@@ -62,7 +62,13 @@ class CampaignSearch:
                                    risk_masks=sc.risk_masks, bad_margin=sc.bad_margin,
                                    max_answers=sc.max_answers, curve=curve)
         with read_session(self.engine) as s:
+            from orchestrator.rounds import current_round
+            from orchestrator.store import Mask, count_rows
+
             self.forest = load_forest(s, self.dir)
+            r = current_round(s)
+            # the masks of this round (`labelprop iterate`): all masks before a second round
+            self.round_masks = count_rows(s, Mask) if r == 1 else count_rows(s, Mask, Mask.round == r)
             self._restore(s)
 
     def _restore(self, s) -> None:
@@ -77,6 +83,8 @@ class CampaignSearch:
             self.search = Search(self.forest, self.params)
         else:
             am = np.flatnonzero(answer >= 0)
+            # answers to masks in no tree of this forest (gold, earlier rounds) play no part
+            am = am[self.forest.leaf_of_mask[am] >= 0]
             self.search = Search.restore(
                 self.forest, self.params, node_ids=touched, states=nodes["state"][touched],
                 seqs=nodes["seq"][touched], qs=nodes["q"][touched], rounds=nodes["rounds"][touched],
@@ -259,7 +267,7 @@ class CampaignSearch:
 
     def summary(self) -> dict:
         acc = self.search.accepted_mask()
-        return {"masks": self.forest.n_masks, "accepted_masks": int(acc.sum()),
+        return {"masks": self.round_masks, "accepted_masks": int(acc.sum()),
                 "rejected_masks": int(self.search.rejected_mask().sum()),
                 "questions": int(self.search.questions_asked),
                 "clusters_annotated": int(self.search.clusters_annotated),

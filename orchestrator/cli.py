@@ -44,7 +44,11 @@ COMMAND_MODULES = [
     "orchestrator.cli_run",
     "orchestrator.cli_estimate",
     "orchestrator.cli_crowd",
+    "orchestrator.cli_prolific",
     "orchestrator.crowd_server.cli",
+    "orchestrator.cli_evaluate",
+    "orchestrator.cli_iterate",
+    "detection.cli",            # train / detect / shapes: torch is imported inside the commands
 ]
 
 

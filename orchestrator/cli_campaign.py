@@ -41,7 +41,8 @@ def init_cmd(
     seed: int = typer.Option(0, help="Seed for every random draw of the campaign."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     backend: Optional[str] = typer.Option(None, help="Crowd backend: simulated (default), server (the "
-                                          "bundled crowd server) or mturk. Sets defaults that suit it."),
+                                          "bundled crowd server), prolific (paid Prolific participants on "
+                                          "the bundled server) or mturk. Sets defaults that suit it."),
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="Spending limit in USD, fees "
                                                "included (crowd.budget_usd; MTurk production needs one)."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="The crowd platform's URL "
@@ -324,6 +325,11 @@ def status_cmd(
     t.add_row("images", str(st["images"]))
     t.add_row("trees built", f"yes ({st['trees']} trees, {st['nodes']} nodes)"
               if st["trees_built"] else "no")
+    if len(st["rounds"]) > 1:
+        for r in st["rounds"]:
+            t.add_row(f"round {r['round']} ({r['step']})",
+                      f"{r['masks']:,} masks: {r['accepted_masks']:,} accepted, "
+                      f"{r['rejected_masks']:,} rejected, {r['undecided_masks']:,} undecided")
     for k, v in st["nodes_by_state"].items():
         t.add_row(f"nodes {k.lower()}", str(v))
     q = st["questions"]

@@ -41,7 +41,12 @@ Examples:
 
   labelprop calibrate heldout.npz --write camp/   # kpr, kpa + calibration.json
 
-  labelprop calibrate heldout.npz --json > cal.json  # simulate --calibration
+  labelprop calibrate heldout.npz --json > cal.json   # simulate --calibration
+
+From detector output on held-out images with ground truth (each mask's IoU is its best match with a ground-truth object of the same image and class):
+
+  labelprop calibrate --heldout gt.json --results dets/results.json \\
+      --features dets/features.npy
 """
 
 
@@ -116,8 +121,13 @@ def _table(cal) -> str:
 
 
 def calibrate(
-    triplets: Path = typer.Argument(..., help="Held-out triplets .npz with ground-truth ious.",
-                                    show_default=False),
+    triplets: Optional[Path] = typer.Argument(None, help="Held-out triplets .npz with ground-truth "
+                                              "ious (or use --heldout).", show_default=False),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Ground-truth COCO instances "
+                                           "of held-out images (with --results and --features)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Detector COCO results on "
+                                           "the --heldout images."),
+    features: Optional[Path] = typer.Option(None, "--features", help="features.npy of --results."),
     ka: float = option(_SP, "ka", help="K_a: high quality at Q >= K_a, low at Q <= 1-K_a."),
     kiou: float = option(_SP, "kiou"),
     min_size: int = typer.Option(_SP.ns, "--min-size", help="Only nodes with at least this many masks "
@@ -149,7 +159,21 @@ def calibrate(
     for p in (plot, csv_out):
         if p is not None and str(p.parent) and not p.parent.is_dir():
             raise LabelpropError(f"{p}: directory {p.parent} does not exist")
-    t = load_triplets(triplets, require_ious=True)
+    if heldout is not None or results is not None or features is not None:
+        from orchestrator.triplets import triplets_from_coco
+
+        if triplets is not None:
+            raise LabelpropError("calibrate: give TRIPLETS.npz or --heldout/--results/--features, "
+                                 "not both")
+        if heldout is None or results is None or features is None:
+            raise LabelpropError("calibrate: --heldout, --results and --features go together")
+        t = triplets_from_coco(heldout, results, features)
+        triplets = results
+    elif triplets is None:
+        raise LabelpropError("calibrate: missing TRIPLETS.npz (or --heldout GT.json --results "
+                             "R.json --features F.npy)")
+    else:
+        t = load_triplets(triplets, require_ious=True)
     if t.n > 5000:
         _say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
     forest = build_forest(t.features, t.scores, t.classes,

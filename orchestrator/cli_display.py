@@ -100,6 +100,12 @@ def print_estimate(campaign: Path, out: dict, json_out: bool = False) -> None:
         f"plus fees{budget})\n"
         f"  work           {_hours(out['hours']):>9}   ({out['seconds_per_question']} s per question)\n"
         f"  masks accepted {out['accepted_masks']:>9,}   of {out['masks']:,}")
+    pr = out.get("prolific")
+    if pr:
+        pay = pr["expected_hourly_usd"]
+        typer.echo(f"  Prolific       {pr['places']:>9,}   places at ${pr['place_reward_usd']:.2f} + "
+                   f"{pr['fee_percent']:g}% fee; about ${pay:.2f} an hour for participants "
+                   f"({'meets' if pr['meets_min_hourly'] else 'BELOW'} the ${pr['min_hourly_usd']:.2f} minimum)")
 
 
 def _hours(h: float) -> str:

@@ -11,6 +11,7 @@ import typer
 from orchestrator.actions.simulate import DEMO_ERROR_RATE, DEMO_STRATEGIES, run_demo, run_simulation
 from orchestrator.annotators import SECONDS_PER_QUESTION
 from orchestrator.atomic import atomic_write_json
+from orchestrator.actions.demo_detect import DEMO_DETECT_ITERS
 from orchestrator.errors import LabelpropError
 from clustering.build import ClusterParams as _CP
 from orchestrator.cli_options import flag_names, option
@@ -124,6 +125,11 @@ def demo(
     error_rate: float = typer.Option(DEMO_ERROR_RATE, "--error-rate", help="Probability that a simulated answer is "
                                      "wrong."),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Also compare strategies (plots)."),
+    detect: bool = typer.Option(False, "--detect", help="Then a detection stage: train PointRend with "
+                                "the mask-IoU head on synthetic images, detect, ingest, cluster, search "
+                                "(CPU, a few minutes; needs the detect extra)."),
+    detect_iters: int = typer.Option(DEMO_DETECT_ITERS, "--detect-iters",
+                                     help="Training iterations of the detection stage."),
 ) -> None:
     from orchestrator.cli_display import Progress
 
@@ -167,6 +173,39 @@ def demo(
     lines += [f"  campaign: {camp} (try: labelprop status {camp})",
               f"  accepted mask indices: {camp / 'accepted_indices.npy'}", f"  took {wall:.0f} s", ""]
     typer.echo("\n".join(lines))
+    if detect:
+        from orchestrator.actions.demo_detect import run_detection_stage
+
+        r = run_detection_stage(out, iters=detect_iters, error_rate=error_rate, say=say)
+        typer.echo(format_detection_stage(r))
+
+
+def format_detection_stage(r: dict) -> str:
+    """The demo's printout for :func:`~orchestrator.actions.demo_detect.run_detection_stage`'s summary."""
+    def num(v, f=".2f"):
+        return "n/a" if v is None else format(v, f)
+
+    mpq = r["accepted_masks"] / max(r["questions"], 1)
+    return "\n".join([
+        "labelprop demo --detect: images -> masks -> campaign",
+        "  model                  PointRend Mask R-CNN + mask-IoU head on a ResNet-18 FPN",
+        "                         (tiny preset), trained from random weights",
+        f"  trained on             {r['train_images']:>10,} synthetic images   ({r['iters']} "
+        f"iterations, {r['train_seconds']:.0f} s on CPU)",
+        f"  masks detected         {r['detections']:>10,}   on {r['pool_images']} unlabeled images "
+        f"with {r['gt_objects']} objects ({r['detect_seconds']:.0f} s)",
+        f"  mask AP                {num(r['mask_ap'], '.3f'):>10}   (AP50 "
+        f"{num(r['mask_ap50'], '.3f')}); true IoU mean {r['mean_true_iou']:.2f}, "
+        f"{r['good_fraction']:.0%} >= {r['kiou']:g}",
+        f"  predicted IoU          {num(r['pearson_r']):>10}   Pearson r with the true IoU",
+        f"  K_pr, K_pa             {r['kpr']:>4.2f}, {r['kpa']:.2f}   (learned on {r['heldout_images']} "
+        f"held-out images)",
+        f"  masks accepted         {r['accepted_masks']:>10,}   (true IoU mean "
+        f"{num(r['mean_iou_accepted'])}, {num(r['precision_accepted'], '.0%')} with IoU >= {r['kiou']:g})",
+        f"  yes/no questions       {r['questions']:>10,}   ({mpq:.1f} masks per question, "
+        f"simulated annotators)",
+        f"  campaign: {r['campaign']} (try: labelprop status {r['campaign']})",
+        f"  took {r['seconds']:.0f} s; more --detect-iters give better masks", ""])
 
 
 def register(app: typer.Typer) -> None:

@@ -29,12 +29,12 @@ from orchestrator.search import SearchParams as _SP
 
 __all__ = [
     "CONFIG_NAME", "CampaignSection", "StoreSection", "SearchSection", "ClusteringSection",
-    "QualificationSection", "AssetsSection", "SimulatedSection", "CrowdSection", "CampaignConfig",
+    "IterateSection", "QualificationSection", "AssetsSection", "SimulatedSection", "CrowdSection", "CampaignConfig",
     "default_config", "load_config", "save_config", "config_path", "resolve_store_url", "apply_backend_defaults",
 ]
 
 CONFIG_NAME = "campaign.toml"
-CROWD_BACKENDS = ("mturk", "simulated", "server")
+CROWD_BACKENDS = ("mturk", "simulated", "server", "prolific")
 ASSET_STORES = ("local", "s3")
 MAX_PRESIGN_SECONDS = 7 * 86_400   # SigV4 presigned URLs live at most 7 days
 
@@ -82,6 +82,15 @@ class ClusteringSection:
 
 
 @dataclass
+class IterateSection:
+    # `labelprop iterate` drops a new detection that overlaps a mask accepted in an earlier
+    # round on the same image: mask IoU >= overlap_iou, or at least overlap_inside of the
+    # new mask's area inside the accepted mask (a part of an already annotated object)
+    overlap_iou: float = 0.5
+    overlap_inside: float = 0.8
+
+
+@dataclass
 class QualificationSection:
     enabled: bool = True
     questions: int = 10
@@ -124,6 +133,23 @@ class SimulatedSection:
 
 
 @dataclass
+class ProlificSection:
+    """The Prolific study of ``backend = "prolific"`` (see orchestrator/crowd/backends/prolific.py)."""
+    api_url: str = "https://api.prolific.com/api/v1"
+    public_url: str = ""               # the crowd server's public https URL (empty: crowd.endpoint_url)
+    account: str = "academic"          # academic (33.3% fee) | company (42.8% fee)
+    fee_permille: int = 0              # 0: the account's fee
+    min_hourly_usd: float = 8.0        # Prolific's minimum pay per hour (check yours on Prolific)
+    hits_per_place: int = 3            # HITs one place pays for (reward = hits_per_place * reward_usd)
+    extra_hits: int = 2                # more HITs a participant may do, each paid as a bonus of reward_usd
+    estimated_minutes: int = 3         # estimated_completion_time of one place (minutes)
+    places_per_step: int = 5           # places added at a time while the search needs answers
+    study_name: str = ""               # empty: crowd.title
+    wait_seconds: int = 300            # a participant finding no HIT waits this long for the next poll's HITs
+    bonus_settle_seconds: int = 3600   # a bonus pay call of unknown outcome is re-checked this long before paying again
+
+
+@dataclass
 class CrowdSection:
     backend: str = "simulated"
     endpoint_url: str = ""      # empty: the platform's default (production or sandbox)
@@ -152,6 +178,7 @@ class CrowdSection:
     qualification: QualificationSection = field(default_factory=QualificationSection)
     assets: AssetsSection = field(default_factory=AssetsSection)
     simulated: SimulatedSection = field(default_factory=SimulatedSection)
+    prolific: ProlificSection = field(default_factory=ProlificSection)
 
 
 @dataclass
@@ -161,6 +188,7 @@ class CampaignConfig:
     search: SearchSection = field(default_factory=SearchSection)
     clustering: ClusteringSection = field(default_factory=ClusteringSection)
     crowd: CrowdSection = field(default_factory=CrowdSection)
+    iterate: IterateSection = field(default_factory=IterateSection)
 
 
 _HEADER_TEMPLATE = """\
@@ -176,7 +204,7 @@ _HEADER_TEMPLATE = """\
 #              matrix fits in 80% of the machine's memory, about 70,000 masks on 24 GiB).
 #              part_size: largest part of the two-level path (exact trees inside); reps:
 #              representatives per part for the complete-linkage distance between parts.
-# [crowd]      backend: mturk | server | simulated.  endpoint_url: empty for the
+# [crowd]      backend: mturk | server | simulated | prolific.  endpoint_url: empty for the
 #              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
 #              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
 #              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
@@ -206,9 +234,19 @@ _HEADER_TEMPLATE = """\
 #              (at most 604800, and longer than lifetime + assignment duration).
 #              overlay_size (pixels), overlay_context (margin around the mask box).
 #              With the bundled crowd server the files are also uploaded to it.
+# [iterate]    `labelprop iterate` (retrain on accepted masks, detect again, next round)
+#              drops a new detection overlapping an accepted mask of the same image:
+#              mask IoU >= overlap_iou, or a share >= overlap_inside of the new mask's
+#              area inside the accepted one.
 # [crowd.simulated]  the crowd of backend = "simulated": workers (a spec such as
 #              "ann:accuracy=0.95;bob:spammer"; empty: one worker), error_rate (that
 #              one worker's), seconds_per_question.
+# [crowd.prolific]  the study of backend = "prolific" (README: Paid crowd on Prolific):
+#              public_url (the crowd server's https URL), account (academic 33.3% fee |
+#              company 42.8%), hits_per_place (a place pays that many times reward_usd),
+#              extra_hits (each paid as a bonus), estimated_minutes, min_hourly_usd,
+#              places_per_step, wait_seconds, bonus_settle_seconds.  The API token
+#              comes from PROLIFIC_TOKEN in the environment, never from this file.
 """
 
 
@@ -323,6 +361,11 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
         except ParamError as exc:
             raise LabelpropError(f"{file}: {exc.render(lambda n: prefix + n)}") from None
 
+    it = cfg.iterate
+    for k in ("overlap_iou", "overlap_inside"):
+        v = getattr(it, k)
+        if not 0.0 < v <= 1.0:
+            bad(f"iterate.{k}", f"must be in (0, 1], got {v!r}")
     s = cfg.search
     checked(_SP, s, "search.")
     checked(SearchSection, s, "search.", ("budget_questions",))
@@ -366,6 +409,20 @@ def validate_config(cfg: CampaignConfig, file: Path | str = CONFIG_NAME) -> Camp
         bad("crowd.concurrency", f"must be in [1, 64], got {w.concurrency}")
     if w.platform_wait_seconds < 0:
         bad("crowd.platform_wait_seconds", f"must be >= 0, got {w.platform_wait_seconds}")
+    pr = w.prolific
+    if pr.account not in ("academic", "company"):
+        bad("crowd.prolific.account", f"must be academic or company, got {pr.account!r}")
+    for k in ("hits_per_place", "estimated_minutes", "places_per_step"):
+        if getattr(pr, k) < 1:
+            bad(f"crowd.prolific.{k}", f"must be at least 1, got {getattr(pr, k)}")
+    for k in ("extra_hits", "fee_permille", "bonus_settle_seconds"):
+        if getattr(pr, k) < 0:
+            bad(f"crowd.prolific.{k}", f"must be >= 0, got {getattr(pr, k)}")
+    if w.backend == "prolific" and w.reward_usd * pr.hits_per_place * 60 / pr.estimated_minutes \
+            < pr.min_hourly_usd - 1e-9:
+        bad("crowd.prolific.hits_per_place", f"* crowd.reward_usd pays ${w.reward_usd * pr.hits_per_place:.2f} for "
+            f"{pr.estimated_minutes} minutes, below Prolific's minimum of ${pr.min_hourly_usd:.2f} an hour "
+            f"(raise crowd.reward_usd or lower crowd.prolific.estimated_minutes)")
     sim = w.simulated
     if not 0.0 <= sim.error_rate <= 1.0:
         bad("crowd.simulated.error_rate", f"must be in [0, 1], got {sim.error_rate!r}")

@@ -203,8 +203,10 @@ class CrowdBonus(SQLModel, table=True):
     paid_at: Optional[_dt.datetime] = None
 
 
+from orchestrator.crowd.prolific_store import PROLIFIC_MODELS  # noqa: E402  (the prolific backend's tables)
+
 CROWD_MODELS = (CrowdSetup, HitIntent, CrowdHit, HitItem, Gold, CrowdAssignment, CrowdAnswer,
-                CrowdWorker, CrowdForeignHit, CrowdBonus)
+                CrowdWorker, CrowdForeignHit, CrowdBonus, *PROLIFIC_MODELS)
 
 
 def add_missing_columns(engine, models=CROWD_MODELS) -> list[str]:

@@ -56,9 +56,15 @@ def masks_with_state(session, forest, states) -> np.ndarray:
 
 
 def accepted_masks(session, campaign_dir) -> np.ndarray:
-    """Sorted ids of the accepted masks."""
-    forest = load_forest(session, campaign_dir)
-    return np.flatnonzero(masks_with_state(session, forest, [ACCEPTED]))
+    """Sorted ids of the accepted masks of every round (`labelprop iterate`): the frozen
+    rounds' and those of the current round's search."""
+    from orchestrator.rounds import current_round, decisions
+
+    if current_round(session) == 1:
+        forest = load_forest(session, campaign_dir)
+        return np.flatnonzero(masks_with_state(session, forest, [ACCEPTED]))
+    acc, _ = decisions(session, campaign_dir, count_rows(session, Mask))
+    return np.flatnonzero(acc)
 
 
 def coco_instances(session, mask_ids: np.ndarray) -> dict:

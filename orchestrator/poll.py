@@ -806,6 +806,8 @@ def poll_once(campaign_dir, *, db=None, endpoint_url=None, sandbox=None, profile
             step("process", process, ctx)
             step("settle", settle, ctx)
             step("blocks", push_blocks, ctx)
+            if hasattr(ctx.backend, "platform_pass"):   # a platform with its own side (prolific)
+                step("platform", ctx.backend.platform_pass, ctx)
             step("bonuses", pay_bonuses, ctx)
             ctx.stats["hits_created"] += step("create", create_hits, ctx)
             ctx.stats["hits_disposed"] += step("dispose", dispose_hits, ctx)

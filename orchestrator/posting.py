@@ -84,6 +84,9 @@ def block_qual_name(campaign: str) -> str:
 def hit_cost_cents(ctx) -> int:
     """Worst case for one HIT posted now: every assignment approved, the platform's fees included."""
     cc = ctx.cfg.crowd
+    own = getattr(ctx.backend, "task_cost_cents", None)     # a platform paying per place (prolific): 0
+    if own is not None:
+        return int(own)
     return ctx.backend.fees.hit_cost_cents(cents(cc.reward_usd), cc.assignments_per_hit, cc.masters)
 
 
@@ -101,6 +104,10 @@ def ledger(s, budget_usd: float = 0.0) -> Ledger:
     spent = total(select(func.coalesce(func.sum(CrowdAssignment.cost_cents), 0))
                   .where(CrowdAssignment.final_status == "Approved"))
     spent += total(select(func.coalesce(func.sum(CrowdBonus.cost_cents), 0)).where(CrowdBonus.status == "paid"))
+    from orchestrator.crowd.backends.prolific import place_money      # places of a Prolific study
+
+    r2, o2, s2 = place_money(s)
+    reserved, owed, spent = reserved + r2, owed + o2, spent + s2
     return Ledger(budget_cents=cents(budget_usd), reserved_cents=reserved, owed_cents=owed, spent_cents=spent)
 
 

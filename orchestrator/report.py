@@ -42,8 +42,13 @@ def report_data(campaign_dir, db: str | None = None) -> dict:
     engine = open_store(d, db)
     with read_session(engine) as s:
         forest = load_forest(s, d, verify=False) if st["trees_built"] else None
+        # node events of the current round (`labelprop iterate`): earlier rounds' name other forests
+        from sqlalchemy import func
+
+        since = s.execute(select(func.max(Event.id)).where(Event.kind == "round_start")).scalar() or 0
         ev = s.execute(select(Event.ts, Event.kind, Event.payload).where(
-            Event.kind.in_(["node_accepted", "node_rejected", "node_split"])).order_by(Event.id)).all()
+            Event.kind.in_(["node_accepted", "node_rejected", "node_split"]), Event.id > since)
+            .order_by(Event.id)).all()
         pays = s.execute(select(CrowdAssignment.processed_at, CrowdAssignment.cost_cents)
                          .where(CrowdAssignment.final_status == "Approved")
                          .order_by(CrowdAssignment.processed_at)).all()

@@ -27,7 +27,7 @@ from orchestrator.errors import LabelpropError
 
 __all__ = [
     "SCHEMA_VERSION", "Category", "Image", "Mask", "ArrayFile", "Node", "Question", "Answer",
-    "Event", "Meta", "open_store", "store_url_for", "transaction", "read_session", "log_event",
+    "Event", "Meta", "CampaignRound", "open_store", "store_url_for", "transaction", "read_session", "log_event",
     "get_meta", "set_meta", "bulk_insert", "chunks", "utcnow", "load_node_arrays",
     "save_node_arrays", "clear_search_state", "load_mask_answers", "count_rows",
     "insert_questions", "record_answers",
@@ -67,6 +67,9 @@ class Mask(SQLModel, table=True):
     bbox: Optional[str] = Field(default=None, sa_column=Column(Text))   # JSON [x, y, w, h]
     rle: Optional[str] = Field(default=None, sa_column=Column(Text))    # JSON {"size", "counts"}
     iou: Optional[float] = None                                        # ground truth if known
+    # the campaign round that detected it (`labelprop iterate`; 1 for every mask of a store
+    # made before rounds existed: the column is added with DEFAULT 1 when such a store opens)
+    round: int = Field(default=1, index=True)
 
 
 class ArrayFile(SQLModel, table=True):
@@ -126,13 +129,34 @@ class Event(SQLModel, table=True):
     payload: str = Field(default="{}", sa_column=Column(Text, nullable=False))
 
 
+class CampaignRound(SQLModel, table=True):
+    """One round of the detect -> search -> retrain loop (``labelprop iterate``).
+
+    Round 1 is the campaign as ingested (a store without rows is all round 1).  A round
+    N > 1 is prepared in steps (``step``: train, detect, ingest, cluster, then ``open``:
+    its search runs); ``plan`` (JSON) records what the round was started with, so a rerun
+    after a kill redoes the unfinished step with the same inputs.  When round N+1 starts,
+    round N is ``frozen``: its accepted and rejected masks are kept in
+    ``rounds/round-N/decisions.npz`` and never change again."""
+    __tablename__ = "campaign_round"
+    round: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    step: str = "open"                      # train | detect | ingest | cluster | open | frozen
+    plan: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    masks: int = 0
+    accepted: int = 0                       # set when the round is frozen
+    rejected: int = 0
+    created_at: _dt.datetime = Field(default_factory=utcnow)
+    updated_at: _dt.datetime = Field(default_factory=utcnow)
+
+
 class Meta(SQLModel, table=True):
     __tablename__ = "meta"
     key: str = Field(primary_key=True)
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
-CAMPAIGN_MODELS = (Category, Image, Mask, ArrayFile, Node, Question, Answer, Event, Meta)
+CAMPAIGN_MODELS = (Category, Image, Mask, ArrayFile, Node, Question, Answer, Event, Meta,
+                   CampaignRound)
 
 
 # ----------------------------------------------------------------------------------- engine
@@ -188,7 +212,7 @@ def open_store(target: str | os.PathLike, url: str | None = None, create: bool =
 
             SQLModel.metadata.create_all(eng, tables=[m.__table__ for m in
                                                       (*CAMPAIGN_MODELS, *CROWD_MODELS)])
-            add_missing_columns(eng)
+            add_missing_columns(eng, (*CAMPAIGN_MODELS, *CROWD_MODELS))
             with read_session(eng) as s:
                 v = get_meta(s, "schema_version")
             if v is None:

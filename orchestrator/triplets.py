@@ -24,7 +24,8 @@ import numpy as np
 from orchestrator.atomic import atomic_open
 from orchestrator.errors import LabelpropError
 
-__all__ = ["Triplets", "validate_triplets", "load_triplets", "save_triplets", "REQUIRED_KEYS"]
+__all__ = ["Triplets", "validate_triplets", "load_triplets", "save_triplets", "REQUIRED_KEYS",
+           "match_ious", "triplets_from_coco"]
 
 REQUIRED_KEYS = ("features", "scores", "classes")
 OPTIONAL_KEYS = ("ious",)
@@ -167,3 +168,123 @@ def save_triplets(path: str | os.PathLike, triplets: Triplets | None = None, *,
     with atomic_open(p, "wb") as fh:
         (np.savez_compressed if compressed else np.savez)(fh, **out)
     return p
+
+
+# ------------------------------------------------------------- held-out detector output
+def _gt_rles(gt: dict, name: str) -> tuple[dict, dict]:
+    """Ground truth of a COCO dataset dict: {(image_id, category_id): [RLE, ...]} (crowd
+    regions excluded) and {image_id: (height, width)}."""
+    from pycocotools import mask as mask_utils
+
+    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) \
+            or not isinstance(gt.get("annotations"), list):
+        raise LabelpropError(f"{name}: expected a COCO dataset with 'images' and 'annotations'")
+    sizes = {}
+    for i, im in enumerate(gt["images"]):
+        try:
+            sizes[int(im["id"])] = (int(im["height"]), int(im["width"]))
+        except (KeyError, TypeError, ValueError):
+            raise LabelpropError(f"{name}: image {i} needs integer 'id', 'height' and "
+                                 f"'width'") from None
+    groups: dict = {}
+    for i, a in enumerate(gt["annotations"]):
+        if not isinstance(a, dict) or a.get("iscrowd", 0):
+            continue
+        iid = a.get("image_id")
+        if iid not in sizes:
+            raise LabelpropError(f"{name}: annotation {i}: image_id {iid!r} is not in 'images'")
+        h, w = sizes[iid]
+        seg = a.get("segmentation")
+        try:
+            if isinstance(seg, list):                       # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                rle = mask_utils.frPyObjects(seg, h, w)
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), str):
+                rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+            else:
+                raise ValueError("no polygon or RLE")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise LabelpropError(f"{name}: annotation {i}: unreadable segmentation ({exc})") \
+                from None
+        groups.setdefault((iid, a.get("category_id")), []).append(rle)
+    return groups, sizes
+
+
+def match_ious(gt: dict, results: list, gt_name: str = "<gt>",
+               results_name: str = "<results>") -> np.ndarray:
+    """True IoU of each predicted mask: its best mask IoU (pycocotools) with a ground-truth
+    object of the same image and class; 0 where there is none.  float32 (n,)."""
+    from pycocotools import mask as mask_utils
+
+    from orchestrator.ingest import validate_rle
+
+    groups, sizes = _gt_rles(gt, gt_name)
+    ious = np.zeros(len(results), np.float32)
+    by_key: dict = {}
+    rles = []
+    for i, r in enumerate(results):
+        where = f"{results_name}: result {i}"
+        if not isinstance(r, dict):
+            raise LabelpropError(f"{where}: not an object")
+        iid = r.get("image_id")
+        if iid not in sizes:
+            raise LabelpropError(f"{where}: image_id {iid!r} is not in {gt_name}")
+        rle, hw = validate_rle(r.get("segmentation"), where)
+        if tuple(hw) != sizes[iid]:
+            raise LabelpropError(f"{where}: segmentation size {hw[0]}x{hw[1]} differs from "
+                                 f"image {iid}'s {sizes[iid][0]}x{sizes[iid][1]} in {gt_name}")
+        rles.append({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+        by_key.setdefault((iid, r.get("category_id")), []).append(i)
+    for key, idx in by_key.items():
+        gts = groups.get(key)
+        if not gts:
+            continue
+        m = mask_utils.iou([rles[i] for i in idx], gts, [0] * len(gts))
+        ious[idx] = np.asarray(m, dtype=np.float64).reshape(len(idx), len(gts)).max(axis=1)
+    return np.clip(ious, 0.0, 1.0)
+
+
+def triplets_from_coco(gt_json: str | os.PathLike, results_json: str | os.PathLike,
+                       features_npy: str | os.PathLike) -> Triplets:
+    """Held-out triplets {f, s, IoU, class} from detector output on images with ground
+    truth: features from ``features_npy`` (row i for result i), s from the results'
+    ``score``, IoU by :func:`match_ious`, class = ``category_id``."""
+    import json
+
+    def load(p: Path, what: str):
+        if not p.is_file():
+            raise LabelpropError(f"{p}: no such file ({what})")
+        try:
+            return json.loads(p.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LabelpropError(f"{p}: not valid JSON ({str(exc).splitlines()[0]})") from None
+
+    gp, rp, fp = Path(gt_json), Path(results_json), Path(features_npy)
+    gt = load(gp, "ground-truth COCO instances")
+    res = load(rp, "COCO results")
+    if not isinstance(res, list) or not res:
+        raise LabelpropError(f"{rp}: expected a non-empty list of COCO results")
+    ious = match_ious(gt, res, str(gp), str(rp))
+    if not fp.is_file():
+        raise LabelpropError(f"{fp}: no such file (features)")
+    try:
+        feats = np.load(fp, allow_pickle=False)
+    except Exception as exc:
+        raise LabelpropError(f"{fp}: not a readable .npy array ({str(exc).splitlines()[0]})") \
+            from None
+    if feats.ndim != 2 or feats.shape[0] != len(res):
+        raise LabelpropError(f"{fp}: has shape {feats.shape} but {rp} has {len(res)} results "
+                             f"(need one feature row per result)")
+    scores, classes = [], []
+    for i, r in enumerate(res):
+        s, c = r.get("score"), r.get("category_id")
+        if not isinstance(s, (int, float)) or isinstance(s, bool):
+            raise LabelpropError(f"{rp}: result {i}: score must be a number, got {s!r}")
+        if not isinstance(c, int) or isinstance(c, bool):
+            raise LabelpropError(f"{rp}: result {i}: category_id must be an integer, got {c!r}")
+        scores.append(s)
+        classes.append(c)
+    return validate_triplets({"features": feats, "scores": np.asarray(scores, np.float32),
+                              "ious": ious, "classes": np.asarray(classes, np.int64)},
+                             name=str(rp))

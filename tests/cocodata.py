@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 
+from detection.shapes import shape_mask
+
 __all__ = ["CocoSet", "make_coco_dataset", "encode_rle", "uncompressed_rle", "decode_rle"]
 
 CATEGORY_NAMES = ["disc", "box", "bar", "ring", "blob"]
@@ -67,20 +69,8 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 
 def _shape_mask(h: int, w: int, kind: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    dy, dx = (yy - cy) / ry, (xx - cx) / rx
-    if kind == 0:                                   # disc / ellipse
-        m = dy ** 2 + dx ** 2 <= 1.0
-    elif kind == 1:                                 # box
-        m = (np.abs(dy) <= 1.0) & (np.abs(dx) <= 1.0)
-    elif kind == 2:                                 # bar (thin box)
-        m = (np.abs(dy) <= 0.35) & (np.abs(dx) <= 1.0)
-    elif kind == 3:                                 # ring
-        r = dy ** 2 + dx ** 2
-        m = (r <= 1.0) & (r >= 0.3)
-    else:                                           # diamond blob
-        m = np.abs(dy) + np.abs(dx) <= 1.0
-    return m.astype(np.uint8)
+    """Kinds 0-4 (disc, box, bar, ring, diamond) of the synthetic shapes generator."""
+    return shape_mask(h, w, kind, cy, cx, ry, rx)
 
 
 def _perturb(m: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

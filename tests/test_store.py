@@ -252,5 +252,5 @@ def test_store_holds_only_campaign_tables(tmp_path):
     from orchestrator.crowd_store import CROWD_MODELS   # the crowd campaign's own tables
     assert sorted(inspect(engine).get_table_names()) == sorted(
         ["category", "image", "mask", "array_file", "node", "question", "answer", "event",
-         "meta"] + [m.__tablename__ for m in CROWD_MODELS])
+         "meta", "campaign_round"] + [m.__tablename__ for m in CROWD_MODELS])
     engine.dispose()

@@ -209,10 +209,14 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
             raise LabelpropError(f"{campaign_dir}: the search has started ({n_nodes} node rows); "
                                  f"--force rebuilds the trees and clears the search state "
                                  f"(answers are kept)")
+        from orchestrator.rounds import check_not_preparing, earlier_round_mask_ids
+
+        check_not_preparing(s, campaign_dir, "clustering")
         features = load_array(s, campaign_dir, "features", mmap=True)
         scores = np.asarray(load_array(s, campaign_dir, "scores"), np.float64)
         classes = load_array(s, campaign_dir, "classes")
-        held_out = gold_mask_ids(s)
+        # gold masks and the masks of earlier (frozen) rounds are in no tree of this round
+        held_out = np.union1d(gold_mask_ids(s), earlier_round_mask_ids(s))
         params = resolve_cluster_params(cfg, int(features.shape[1]), score_weight, exact_limit,
                                         part_size, reps)
         fp = _tree_fingerprint(s, params, held_out)
@@ -316,7 +320,9 @@ def check_clustering(campaign_dir, db: str | None = None, class_id: int | None =
         scores = np.asarray(load_array(s, campaign_dir, "scores"), np.float64)
         classes = load_array(s, campaign_dir, "classes")
         ious = load_array(s, campaign_dir, "ious") if s.get(ArrayFile, "ious") is not None else None
-        held_out = gold_mask_ids(s)
+        from orchestrator.rounds import earlier_round_mask_ids
+
+        held_out = np.union1d(gold_mask_ids(s), earlier_round_mask_ids(s))
     engine.dispose()
     params = resolve_cluster_params(cfg, int(features.shape[1]), score_weight, None, part_size, reps)
     members = class_members(classes, held_out)
@@ -366,7 +372,6 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
 
     from orchestrator.arrays import load_forest
     from orchestrator.config import load_config
-    from orchestrator.export import ACCEPTED, REJECTED_STATES, masks_with_state
     from orchestrator.search import NodeState
     from orchestrator.store import (Answer, ArrayFile, Category, Image, Mask, Node, Question,
                                     count_rows, get_meta, open_store, read_session)
@@ -393,29 +398,35 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
                             for k in ("pending", "answered", "discarded")}
         out["answers"] = count_rows(s, Answer)
         out["answers_yes"] = count_rows(s, Answer, Answer.label == 1)
+        from orchestrator.rounds import current_round, decisions, preparing_round, rounds_summary
+
         if out["trees_built"]:
             forest = load_forest(s, campaign_dir, verify=False)
             out["trees"] = int(forest.roots.shape[0])
             out["nodes"] = forest.n_nodes
-            acc = masks_with_state(s, forest, [ACCEPTED])
-            rej = masks_with_state(s, forest, REJECTED_STATES)
-            out["accepted_masks"] = int(acc.sum())
-            out["rejected_masks"] = int(rej.sum())
-            out["undecided_masks"] = int(n_masks - (acc | rej).sum())
         else:
-            out.update(trees=0, nodes=0, accepted_masks=0, rejected_masks=0,
-                       undecided_masks=n_masks)
+            out.update(trees=0, nodes=0)
+        acc, rej = decisions(s, campaign_dir, n_masks)      # every round, frozen ones included
+        out["accepted_masks"] = int(acc.sum())
+        out["rejected_masks"] = int(rej.sum())
+        out["undecided_masks"] = int(n_masks - (acc | rej).sum())
+        out["round"] = current_round(s)
+        out["rounds"] = rounds_summary(s, campaign_dir, acc, rej)
+        prep = preparing_round(s)
         queued = out["nodes_by_state"]
         out["queue"] = {"queued": int(queued.get("QUEUED", 0)), "asking": int(queued.get("ASKING", 0))}
     from orchestrator.poll import crowd_summary       # every backend goes through the poll path
 
     out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
     q = out["questions"]
-    if not out["trees_built"]:
+    cur = out["rounds"][-1]
+    if prep is not None:
+        state = f"round {prep.round} being prepared by `labelprop iterate` (step: {prep.step})"
+    elif not out["trees_built"]:
         state = "not clustered yet"
     elif q["pending"] == 0 and q["answered"] + q["discarded"] == 0:
         state = "not started"
-    elif out["undecided_masks"] == 0 or (out["queue"]["queued"] == 0 and out["queue"]["asking"] == 0
+    elif cur["undecided_masks"] == 0 or (out["queue"]["queued"] == 0 and out["queue"]["asking"] == 0
                                           and q["pending"] == 0):
         state = "finished" if out["crowd"]["hits_in_flight"] == 0 else "finishing (HITs in flight)"
     else:

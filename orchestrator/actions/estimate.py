@@ -36,6 +36,11 @@ def estimate_data(campaign_dir: Path, db: Optional[str] = None, runs: int = 3) -
            "questions_per_hit": cc.questions_per_hit, "gold_per_hit": cc.gold_per_hit,
            "assignments_per_hit": cc.assignments_per_hit, "reward_usd": cc.reward_usd,
            "budget_usd": cc.budget_usd or None, "masks": cs.forest.n_masks}
+    if cc.backend == "prolific":       # paid per place (reward + Prolific's fee), not per HIT
+        from orchestrator.crowd.backends.prolific_api import place_estimate
+
+        out["prolific"] = place_estimate(cs.cfg, est.hits * cc.assignments_per_hit, est.seconds_per_question)
+        out["cost_usd"] = round(out["prolific"].pop("cost_cents") / 100, 2)
     out["within_budget"] = None if not cc.budget_usd else out["cost_usd"] <= cc.budget_usd
     cs.engine.dispose()
     return out

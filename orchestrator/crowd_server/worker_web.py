@@ -132,6 +132,10 @@ class WorkerWeb:
                 return _redirect("/", [("Set-Cookie", self._cookie("", 0))])
             if path == "/favicon.ico":
                 return Response(204, [], b"")
+            if path.startswith("/prolific/"):
+                r = self.prolific_route(method, raw_path, path, query, headers, body, wants_json)
+                if r is not None:
+                    return r
             fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if method == "POST" else []
             if method == "POST" and path == "/mturk/externalSubmit":
                 return self.external_submit(fields, query, headers, wants_json, log)
@@ -289,6 +293,8 @@ class WorkerWeb:
                 return self.work_page(w, parts[1], wants_json, origin)
             if parts[0] == "task" and len(parts) == 2:
                 return self.task_content(w, parts[1], query)
+            if parts == ["prolific", "next"]:
+                return self.prolific.next(w, wants_json)
             if parts == ["work"]:
                 data = self.actions.work(w)
                 return _json(200, data) if wants_json else _html(200, self.render("work.html", w=w, **data))
@@ -306,6 +312,8 @@ class WorkerWeb:
             if parts[0:1] == ["assignments"] and len(parts) == 3 and parts[2] == "return":
                 self.actions.return_assignment(w, parts[1])
                 return _json(200, {"status": "Returned"}) if wants_json else _redirect("/")
+            if parts == ["prolific", "finish"]:
+                return self.prolific.finish(w, wants_json)
             if parts[0:1] == ["qualifications"] and len(parts) == 3 and parts[2] == "request":
                 qt, att = self.actions.start_test(w, parts[1])
                 if att is None:
@@ -319,7 +327,26 @@ class WorkerWeb:
                 return _html(200, self.render("test_result.html", w=w, r=result, groups=groups))
         raise WorkerError(404, "There is no such page.")
 
+    def prolific_route(self, method, raw_path, path, query, headers, body, wants_json) -> "Response | None":
+        """Prolific's entry and the requester's signed configuration routes (prolific_entry.py);
+        None: a signed-in route (``/prolific/next``, ``/prolific/finish``) handled by :meth:`route`."""
+        if path == "/prolific/start" and method in ("GET", "HEAD"):
+            return self.prolific.start(query, wants_json)
+        if path == "/prolific/config" and method == "POST":
+            return self.prolific.put_config(raw_path, headers, body)
+        if path == "/prolific/participants" and method == "GET":
+            return self.prolific.participants(raw_path, headers)
+        return None
+
+    @property
+    def prolific(self):
+        from .prolific_entry import ProlificEntry
+
+        return ProlificEntry(self)
+
     def dashboard(self, w, wants_json, query) -> Response:
+        if not wants_json and w.name.startswith("prolific-"):
+            return _redirect("/prolific/next")      # a Prolific participant's next step (prolific_entry.py)
         groups = self.actions.groups(w)
         work = self.actions.work(w)
         if wants_json:

@@ -6,7 +6,9 @@
                  ``endpoint_url`` (:mod:`.mturk`);
 - ``server``     the same backend talking to the bundled crowd server
                  (``labelprop crowd-server``), with in-house defaults;
-- ``simulated``  an in-process crowd answering from ground truth (:mod:`.simulated`).
+- ``simulated``  an in-process crowd answering from ground truth (:mod:`.simulated`);
+- ``prolific``   a Prolific study whose participants work on the bundled crowd server
+                 (:mod:`.prolific`; Prolific's API in :mod:`.prolific_api`).
 
 A new platform registers a factory with :func:`register_backend`; the poll pass needs no
 change.  Factories are called as ``factory(campaign_dir, cfg, engine, options)``.
@@ -25,7 +27,7 @@ __all__ = ["register_backend", "make_backend", "backend_names", "backend_fees", 
 
 _REGISTRY: dict[str, Callable] = {}
 _LAZY = {"mturk": "orchestrator.crowd.backends.mturk", "server": "orchestrator.crowd.backends.mturk",
-         "simulated": "orchestrator.crowd.backends.simulated"}
+         "simulated": "orchestrator.crowd.backends.simulated", "prolific": "orchestrator.crowd.backends.prolific"}
 
 
 def register_backend(name: str):
