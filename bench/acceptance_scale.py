@@ -33,10 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clustering.build import DEFAULT_EXACT_LIMIT, ClusterParams, build_forest  # noqa: E402
 from clustering.tree import Forest  # noqa: E402
-from orchestrator.annotators import SimulatedAnnotators  # noqa: E402
-from orchestrator.search import SearchParams  # noqa: E402
-from orchestrator.simulate import run_tree_search  # noqa: E402
-from orchestrator.synth import make_triplets  # noqa: E402
+from orchestrator.crowd.annotators import SimulatedAnnotators  # noqa: E402
+from orchestrator.search.search import SearchParams  # noqa: E402
+from orchestrator.search.simulate import run_tree_search  # noqa: E402
+from orchestrator.search.synth import make_triplets  # noqa: E402
 
 def forest_for(n: int, cp: ClusterParams, cache: str | None):
     name = f"forest_{n}_exact{cp.exact_limit}_part{cp.part_size}_atom{cp.atom_size}_reps{cp.n_reps}.npz"

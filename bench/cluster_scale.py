@@ -36,7 +36,7 @@ sys.path.insert(0, {root!r})
 import numpy as np
 from clustering.build import ClusterParams, class_members, forest_from_linkages
 from clustering.memory import plan_memory
-from orchestrator.clusterrun import run_classes
+from orchestrator.campaign.clusterrun import run_classes
 feats = np.load({feats!r}, mmap_mode="r")
 scores = np.load({scores!r})
 classes = np.load({classes!r})
@@ -65,9 +65,9 @@ import json, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
 from clustering.build import ClusterParams, embed
-from orchestrator.cluster_check import fidelity_report
-from orchestrator.search import SearchParams
-from orchestrator.synth import make_triplets
+from orchestrator.campaign.cluster_check import fidelity_report
+from orchestrator.search.search import SearchParams
+from orchestrator.search.synth import make_triplets
 t = make_triplets({n}, classes=1, dim={dim}, seed=1)
 x = embed(t.features, t.scores)
 t0 = time.perf_counter()
@@ -123,11 +123,11 @@ def run_case(code: str) -> dict:
 
 
 def _data(tmp: str, n: int, dim: int, n_classes: int) -> dict:
-    """Synthetic triplets (orchestrator.synth) of n masks in classes of equal size, on disk."""
+    """Synthetic triplets (orchestrator.search.synth) of n masks in classes of equal size, on disk."""
     import numpy as np
 
     sys.path.insert(0, ROOT)
-    from orchestrator.synth import make_triplets
+    from orchestrator.search.synth import make_triplets
 
     per = n // n_classes
     feats = np.lib.format.open_memmap(os.path.join(tmp, "f.npy"), "w+", np.float32, (per * n_classes, dim))

@@ -40,7 +40,7 @@ def main() -> None:
     from tests.crowd_campaign_helpers import TruthPolicy
 
     from orchestrator.crowd_server.testing import start_server
-    from orchestrator.poll import poll_once
+    from orchestrator.crowd.poll import poll_once
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="lp-bench-poll-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def main() -> None:
 
 
 def _campaign(h, base, srv, assets, args, n_images):
-    from orchestrator.config import load_config, save_config
+    from orchestrator.campaign.config import load_config, save_config
 
     camp = base / "camp"
     if (camp / "campaign.toml").exists():

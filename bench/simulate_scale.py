@@ -36,8 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMULATE_CASE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import save_triplets
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import save_triplets
 from orchestrator.actions.simulate import run_simulation
 from pathlib import Path
 t = make_triplets({n}, classes={classes}, seed=1)
@@ -57,9 +57,9 @@ import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
 from clustering.tree import Forest
-from orchestrator.annotators import SimulatedAnnotators
-from orchestrator.search import SearchParams
-from orchestrator.simulate import run_tree_search
+from orchestrator.crowd.annotators import SimulatedAnnotators
+from orchestrator.search.search import SearchParams
+from orchestrator.search.simulate import run_tree_search
 n = {n}
 rng = np.random.default_rng(0)
 # a random binary tree over n leaves: merge two random active clusters, n - 1 times,
@@ -86,8 +86,8 @@ build_s = time.perf_counter() - t0
 t0 = time.perf_counter()
 forest = Forest.from_linkage(Z, scores)
 tree_s = time.perf_counter() - t0
-import orchestrator.search
-out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_py": orchestrator.search.__file__}}
+import orchestrator.search.search
+out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_py": orchestrator.search.search.__file__}}
 for strategy in {strategies!r}:
     t0 = time.perf_counter()
     c0 = time.process_time()

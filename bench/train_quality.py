@@ -51,7 +51,7 @@ def main() -> None:
     from detection.infer import DetectOptions, detect
     from detection.shapes import make_shapes_dataset
     from detection.train import TrainOptions, read_metrics, train
-    from orchestrator.evaluate import evaluate_detections
+    from orchestrator.search.evaluate import evaluate_detections
 
     work = Path(args.work or tempfile.mkdtemp(prefix="labelprop-quality-"))
     tr, va = work / "train", work / "val"

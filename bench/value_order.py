@@ -30,12 +30,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clustering.build import ClusterParams, build_forest  # noqa: E402
-from orchestrator.annotators import SimulatedAnnotators  # noqa: E402
-from orchestrator.calibration import AcceptanceCurve, calibrate_forest  # noqa: E402
-from orchestrator.search import SearchParams  # noqa: E402
-from orchestrator.simulate import run_tree_search  # noqa: E402
-from orchestrator.synth import DEMO_ARGS, SynthParams, make_triplets  # noqa: E402
-from orchestrator.triplets import load_triplets  # noqa: E402
+from orchestrator.crowd.annotators import SimulatedAnnotators  # noqa: E402
+from orchestrator.search.calibration import AcceptanceCurve, calibrate_forest  # noqa: E402
+from orchestrator.search.search import SearchParams  # noqa: E402
+from orchestrator.search.simulate import run_tree_search  # noqa: E402
+from orchestrator.search.synth import DEMO_ARGS, SynthParams, make_triplets  # noqa: E402
+from orchestrator.search.triplets import load_triplets  # noqa: E402
 
 SETTINGS = {
     # the bundled 20,000 triplets (fixed data; the seed varies the search's samples)
@@ -53,7 +53,7 @@ ORDERS = ("heuristic", "bfs", "dfs", "value-simple", "value")
 
 def data_for(setting: dict, seed: int):
     if setting.get("bundled"):
-        from orchestrator.synth import DEMO_PATH
+        from orchestrator.search.synth import DEMO_PATH
         data = load_triplets(DEMO_PATH)
         held = make_triplets(setting["n"], classes=setting["classes"], dim=setting["dim"],
                              seed=DEMO_ARGS["seed"] + 1000 + seed, params=setting["params"])

@@ -16,7 +16,7 @@ into one valid linkage matrix.
 
 Features are read in blocks of rows (they may be an ``np.memmap``); the steps below are
 the units of work that :func:`build_forest` runs in order and that
-``orchestrator.clusterrun`` runs in parallel processes or on Ray: same functions, same
+``orchestrator.campaign.clusterrun`` runs in parallel processes or on Ray: same functions, same
 results.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ _ROWS = 65_536          # rows per block when reading features
 
 @dataclass(frozen=True)
 class ClusterParams:
-    # ``help`` metadata: read by the command-line options and campaign.toml (orchestrator.params)
+    # ``help`` metadata: read by the command-line options and campaign.toml (orchestrator.search.params)
     score_weight: float = field(default=DEFAULT_SCORE_WEIGHT, metadata={
         "help": "Weight of the mask score next to the features in the clustering."})
     exact_limit: int = field(default=DEFAULT_EXACT_LIMIT, metadata={

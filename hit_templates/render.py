@@ -65,7 +65,7 @@ class HitQuestion:
     """One yes/no question.
 
     ``identifier``: opaque QuestionIdentifier (gold and real questions must look alike, e.g. "q7f3a9c");
-    unique within a HIT.  ``image_url``: the overlay JPEG (``orchestrator.assets.publish_overlays``),
+    unique within a HIT.  ``image_url``: the overlay JPEG (``orchestrator.crowd.assets.publish_overlays``),
     http(s).  ``class_name``: untrusted text, always escaped.
     """
     identifier: str

@@ -1,12 +1,13 @@
 """The one exception type for problems a user can fix (bad files, bad options, bad state).
 
 The CLI prints ``labelprop: error: <message>`` on one line and exits with status 2.
-Messages name the file (or option) and what is wrong with it.
+Messages name the file (or option) and what is wrong with it.  The class is defined in
+:mod:`orchestrator.crowd_server.errors` (the crowd server imports nothing outside its
+package) and is the same class here.
 """
+from orchestrator.crowd_server.errors import LabelpropError
 
-
-class LabelpropError(Exception):
-    """A user-facing error: bad input file, invalid option, or inconsistent campaign state."""
+__all__ = ["LabelpropError", "check_unit_interval"]
 
 
 def check_unit_interval(name: str, value: float) -> float:

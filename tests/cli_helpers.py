@@ -1,4 +1,4 @@
-"""Run the campaign commands in-process, the way ``orchestrator.cli.main`` does:
+"""Run the campaign commands in-process, the way ``orchestrator.cli.app.main`` does:
 a :class:`LabelpropError` becomes exit status 2 and one ``labelprop: error:`` line."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import typer
 from typer.testing import CliRunner
 
-from orchestrator import cli_campaign
+from orchestrator.cli import campaign as cli_campaign
 from orchestrator.errors import LabelpropError
 
 

@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from orchestrator.config import load_config, save_config
+from orchestrator.campaign.config import load_config, save_config
 from orchestrator.crowd_server.simulated_workers import true_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def cli(*args, check=True, env=None) -> CliOut:
     script, without a new interpreter per call): returncode 2 and one stderr line on a LabelpropError."""
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.app import app
     from orchestrator.errors import LabelpropError
 
     r = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=True)
@@ -94,8 +94,8 @@ def make_crowd_campaign(base: Path, name: str, *, endpoint_url: str = "", assets
     camp = base / name
     from orchestrator.actions.campaign import cluster_campaign, init_campaign
     from orchestrator.actions.gold import add_gold
-    from orchestrator.ingest import read_predictions, write_predictions
-    from orchestrator.store import open_store
+    from orchestrator.campaign.ingest import read_predictions, write_predictions
+    from orchestrator.campaign.store import open_store
 
     # in process (the CLI commands' own functions): a campaign per test stays cheap on a loaded machine
     init_campaign(camp, seed=seed, db=db, backend=backend)

@@ -1,4 +1,4 @@
-"""Mask overlays (orchestrator/assets.py): drawing, content-hash caching, and publishing to a local
+"""Mask overlays (orchestrator/crowd/assets.py): drawing, content-hash caching, and publishing to a local
 directory served by the crowd server and to a real S3-compatible endpoint (moto's server)."""
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from PIL import Image
 from tests.cocodata import encode_rle, make_coco_dataset, uncompressed_rle
 from tests.crowd_server_support import run_cli
 
-from orchestrator.assets import (S3_CORS_RULES, LocalAssetStore, OverlayItem, PublishStats, S3AssetStore,
+from orchestrator.crowd.assets import (S3_CORS_RULES, LocalAssetStore, OverlayItem, PublishStats, S3AssetStore,
                                  asset_store_from_config, publish_overlays, render_overlay, render_overlay_array)
-from orchestrator.config import config_from_dict, default_config
+from orchestrator.campaign.config import config_from_dict, default_config
 from orchestrator.crowd_server.testing import start_server
 from orchestrator.errors import LabelpropError
 

@@ -8,12 +8,12 @@ from scipy.cluster.hierarchy import fcluster
 
 from clustering.build import build_forest
 from clustering.tree import Forest
-from orchestrator.annotators import SimulatedAnnotators
-from orchestrator.baselines import (LsunParams, best_universal, flat_clusters, run_lsun,
+from orchestrator.crowd.annotators import SimulatedAnnotators
+from orchestrator.search.baselines import (LsunParams, best_universal, flat_clusters, run_lsun,
                                     run_naive, run_universal_threshold, sweep_ks,
                                     universal_sweep)
 from orchestrator.errors import LabelpropError
-from orchestrator.synth import make_triplets
+from orchestrator.search.synth import make_triplets
 
 
 @pytest.fixture(scope="module")

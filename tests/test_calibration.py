@@ -9,11 +9,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator.calibration import (binned_curves, calibrate_forest, calibrate_nodes,
+from orchestrator.search.calibration import (binned_curves, calibrate_forest, calibrate_nodes,
                                       cumulative_threshold)
 from orchestrator.errors import LabelpropError
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import save_triplets
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import save_triplets
 
 
 def test_cumulative_threshold_exact():
@@ -108,7 +108,7 @@ def test_calibrate_forest_on_synthetic(held_out):
 
 
 def _app():
-    from orchestrator import cli_data
+    from orchestrator.cli import data as cli_data
 
     app = typer.Typer(pretty_exceptions_enable=False)
     cli_data.register(app)
@@ -116,7 +116,7 @@ def _app():
 
 
 def test_cli_calibrate_outputs_and_write(held_out, tmp_path):
-    from orchestrator.config import default_config, load_config, save_config
+    from orchestrator.campaign.config import default_config, load_config, save_config
 
     p, _ = held_out
     camp = tmp_path / "camp"
@@ -163,7 +163,7 @@ def test_cli_calibrate_errors(held_out, tmp_path):
 
 # ---------------------------------------------------------------- the curve for the search
 def test_acceptance_curve_is_monotone_and_interpolates():
-    from orchestrator.calibration import AcceptanceCurve
+    from orchestrator.search.calibration import AcceptanceCurve
 
     bins = [{"s_lo": 0.0, "s_hi": 0.5, "nodes": 10, "p_high": 0.0, "p_low": 0.9},
             {"s_lo": 0.5, "s_hi": 0.7, "nodes": 0, "p_high": None, "p_low": None},
@@ -182,7 +182,7 @@ def test_acceptance_curve_is_monotone_and_interpolates():
 
 
 def test_calibration_file_is_validated(tmp_path):
-    from orchestrator.calibration import CALIBRATION_FORMAT, load_curve
+    from orchestrator.search.calibration import CALIBRATION_FORMAT, load_curve
 
     good = {"format": CALIBRATION_FORMAT, "ka": 0.85, "kiou": 0.75,
             "bins": [{"s_lo": 0.0, "s_hi": 0.5, "nodes": 4, "p_high": 0.0, "p_low": 1.0},
@@ -213,11 +213,11 @@ def test_calibration_file_is_validated(tmp_path):
 
 
 def test_campaign_value_search_reads_its_calibration(held_out, tmp_path):
-    from orchestrator.calibration import calibrate_forest, write_calibration
-    from orchestrator.campaign import CampaignSearch
-    from orchestrator.config import default_config, load_config, save_config
-    from orchestrator.ingest import read_triplet_predictions, write_predictions
-    from orchestrator.store import open_store
+    from orchestrator.search.calibration import calibrate_forest, write_calibration
+    from orchestrator.campaign.campaign import CampaignSearch
+    from orchestrator.campaign.config import default_config, load_config, save_config
+    from orchestrator.campaign.ingest import read_triplet_predictions, write_predictions
+    from orchestrator.campaign.store import open_store
     from orchestrator.actions.campaign import cluster_campaign, init_campaign
     from clustering.build import build_forest
 

@@ -10,15 +10,15 @@ from sqlalchemy import select
 
 from tests.cli_helpers import run_cli
 from clustering.build import ClusterParams, build_forest
-from orchestrator.arrays import load_forest, sha256_file
+from orchestrator.campaign.arrays import load_forest, sha256_file
 from orchestrator.actions.campaign import build_forest_parallel
-from orchestrator.config import (default_config, dumps_config, load_config, resolve_store_url,
+from orchestrator.campaign.config import (default_config, dumps_config, load_config, resolve_store_url,
                                  save_config)
 from orchestrator.errors import LabelpropError
-from orchestrator.store import (Answer, ArrayFile, Category, Event, Mask, Node, Question,
+from orchestrator.campaign.store import (Answer, ArrayFile, Category, Event, Mask, Node, Question,
                                 bulk_insert, count_rows, open_store, read_session, transaction)
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import save_triplets
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import save_triplets
 
 
 # --------------------------------------------------------------------------------- config

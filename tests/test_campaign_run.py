@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from clustering.build import build_forest
-from orchestrator.annotators import SimulatedAnnotators
-from orchestrator.search import SearchParams
-from orchestrator.simulate import run_tree_search
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import save_triplets
+from orchestrator.crowd.annotators import SimulatedAnnotators
+from orchestrator.search.search import SearchParams
+from orchestrator.search.simulate import run_tree_search
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import save_triplets
 
 LABELPROP = [sys.executable, "-m", "orchestrator.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def make_campaign(tmp_path, triplets_path, name="camp", chunk=0, **search):
     camp = tmp_path / name
     lp("init", camp)
     if chunk or search:
-        from orchestrator.config import load_config, save_config
+        from orchestrator.campaign.config import load_config, save_config
         cfg = load_config(camp)
         cfg.search.chunk = chunk
         for k, v in search.items():

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.cli.app import app
 
 RUNNER = CliRunner()
 EXAMPLE = re.compile(r"^\s*(Example[^:]*:\s*)?(labelprop |\*/5 |AWS_|eval |export |python |\$ )")

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from orchestrator.arrays import load_forest
-from orchestrator.clusterrun import RAY_LOOPBACK_ENV, parse_size
+from orchestrator.campaign.arrays import load_forest
+from orchestrator.campaign.clusterrun import RAY_LOOPBACK_ENV, parse_size
 from orchestrator.errors import LabelpropError
-from orchestrator.store import ArrayFile, Event, open_store, read_session
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import Triplets, save_triplets
+from orchestrator.campaign.store import ArrayFile, Event, open_store, read_session
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import Triplets, save_triplets
 from tests.cli_helpers import run_cli
 
 LABELPROP = [sys.executable, "-m", "orchestrator.cli"]

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.crowd.ledger import MTURK_FEES, NO_FEES, Ledger, cents, usd
 from orchestrator.crowd.signals import agreement_with_cluster, doubtful_masks, worker_scores
-from orchestrator.quality import (HeldAnswer, ReviewAssignment, ReviewItem, WorkerRecord, aggregate, review_hit,
+from orchestrator.crowd.quality import (HeldAnswer, ReviewAssignment, ReviewItem, WorkerRecord, aggregate, review_hit,
                                   score_gold)
 
 # ------------------------------------------------------------------------------- fees, by hand
@@ -44,7 +44,7 @@ def test_bonus_fees_and_conversions():
     assert MTURK_FEES.bonus_cost_cents(1) == 2            # the minimum
     assert NO_FEES.assignment_cost_cents(15) == 15
     assert cents(0.15) == 15 and cents(0.145) == 15 and cents(25.0) == 2500 and usd(1422) == 14.22
-    from orchestrator.cost import CostModel, assignment_cost, assignment_fee
+    from orchestrator.crowd.cost import CostModel, assignment_cost, assignment_fee
 
     assert assignment_fee(0.15) == 0.03 and assignment_cost(0.05) == 0.06 and assignment_cost(0.10, 10) == 0.14
     assert CostModel().cost(3915) == 14.22                # the demo: 79 HITs of $0.15 + $0.03
@@ -193,7 +193,7 @@ def test_columns_added_since_a_campaign_was_created_are_added_when_it_is_opened(
     opens with the new columns added and its rows intact."""
     import sqlalchemy as sa
 
-    from orchestrator.crowd_store import add_missing_columns
+    from orchestrator.crowd.crowd_store import add_missing_columns
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     with engine.begin() as c:

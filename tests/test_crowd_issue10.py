@@ -25,9 +25,9 @@ import pytest
 from tests.crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, cli,  # noqa: E402
                                     make_crowd_campaign)
 
-from orchestrator.config import load_config, save_config  # noqa: E402
+from orchestrator.campaign.config import load_config, save_config  # noqa: E402
 from orchestrator.crowd_server.simulated_workers import WorkerSession  # noqa: E402
-from orchestrator.poll import poll_once  # noqa: E402
+from orchestrator.crowd.poll import poll_once  # noqa: E402
 
 SMALL = dict(n_images=8, gold_images=8, data_seed=9,
              crowd={"questions_per_hit": 4, "gold_per_hit": 2, "max_hits_in_flight": 2},

@@ -21,7 +21,7 @@ import pytest
 
 from tests.crowd_campaign_helpers import LABELPROP, ROOT, TruthPolicy, cli, crowd_server_in, make_crowd_campaign  # noqa: E402
 
-from orchestrator.poll import poll_once  # noqa: E402
+from orchestrator.crowd.poll import poll_once  # noqa: E402
 
 CFG = dict(n_images=24, gold_images=8, data_seed=5,
            crowd={"questions_per_hit": 6, "gold_per_hit": 2, "max_hits_in_flight": 3},

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from tests.cocodata import make_coco_dataset
 from detection.shapes import make_shapes_dataset, shape_mask
-from orchestrator.evaluate import evaluate_detections
-from orchestrator.triplets import match_ious, triplets_from_coco
+from orchestrator.search.evaluate import evaluate_detections
+from orchestrator.search.triplets import match_ious, triplets_from_coco
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_match_ious_finds_each_predictions_best_ground_truth(tmp_path):
 
 
 def test_triplets_from_coco_and_calibrate_heldout(tmp_path):
-    from orchestrator.cli_data import register
+    from orchestrator.cli.data import register
 
     import typer
 
@@ -140,7 +140,7 @@ def test_without_torch_help_works_and_detection_commands_say_how_to_install(tmp_
              "        if name.split('.')[0] in ('torch', 'torchvision', 'detectron2'):\n"
              "            raise ImportError(f'No module named {name!r}')\n"
              "sys.meta_path.insert(0, Block())\n"
-             "from orchestrator.cli import main\n"
+             "from orchestrator.cli.app import main\n"
              "sys.argv = ['labelprop'] + sys.argv[1:]\n"
              "main()\n")
     run = lambda *a: subprocess.run([sys.executable, "-c", block, *a], capture_output=True,  # noqa: E731

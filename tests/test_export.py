@@ -9,11 +9,11 @@ from pycocotools.coco import COCO
 
 from tests.cli_helpers import run_cli
 from tests.cocodata import decode_rle, make_coco_dataset
-from orchestrator.arrays import load_forest
-from orchestrator.search import NodeState
-from orchestrator.store import Node, bulk_insert, open_store, read_session, transaction
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import save_triplets
+from orchestrator.campaign.arrays import load_forest
+from orchestrator.search.search import NodeState
+from orchestrator.campaign.store import Node, bulk_insert, open_store, read_session, transaction
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import save_triplets
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 
 from tests.crowd_campaign_helpers import TruthPolicy, crowd_server_in, lp, make_crowd_campaign  # noqa: E402
 
-from orchestrator.arrays import load_forest  # noqa: E402
-from orchestrator.store import open_store, read_session  # noqa: E402
+from orchestrator.campaign.arrays import load_forest  # noqa: E402
+from orchestrator.campaign.store import open_store, read_session  # noqa: E402
 
 N_GOLD = 12
 
@@ -99,8 +99,8 @@ def test_from_masks_is_refused_once_the_search_has_started(run):
 
 
 def test_from_masks_needs_masks_with_a_known_iou_and_an_image(tmp_path):
-    from orchestrator.synth import make_triplets
-    from orchestrator.triplets import save_triplets
+    from orchestrator.search.synth import make_triplets
+    from orchestrator.search.triplets import save_triplets
 
     t = make_triplets(200, classes=2, dim=4, seed=1)        # triplets: IoUs but no images or RLEs
     save_triplets(tmp_path / "t.npz", t)
@@ -114,9 +114,9 @@ def test_from_masks_needs_masks_with_a_known_iou_and_an_image(tmp_path):
 
 def test_trees_are_rebuilt_with_the_parameters_they_were_built_with(tmp_path):
     from clustering.build import build_forest
-    from orchestrator.arrays import load_array
+    from orchestrator.campaign.arrays import load_array
     from orchestrator.actions.campaign import resolve_cluster_params
-    from orchestrator.config import load_config
+    from orchestrator.campaign.config import load_config
 
     (tmp_path / "assets").mkdir()
     camp = make_crowd_campaign(tmp_path, "c", endpoint_url="http://127.0.0.1:9", assets_dir=tmp_path / "assets",

@@ -19,7 +19,7 @@ from tests.crowd_server_support import start_crowd, worker_page
 
 from hit_templates.render import HitQuestion, parse_verification_answer, parse_verification_seconds, \
     render_verification_question
-from orchestrator.assets import LocalAssetStore, OverlayItem, publish_overlays
+from orchestrator.crowd.assets import LocalAssetStore, OverlayItem, publish_overlays
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 HOSTILE_ID = 'q"<&>'

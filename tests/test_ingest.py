@@ -11,12 +11,12 @@ from sqlalchemy import select
 
 from tests.cli_helpers import run_cli
 from tests.cocodata import decode_rle, make_coco_dataset
-from orchestrator.arrays import sha256_file
-from orchestrator.ingest import rle_counts_from_string
-from orchestrator.store import (ArrayFile, Category, Event, Image, Mask, count_rows, open_store,
+from orchestrator.campaign.arrays import sha256_file
+from orchestrator.campaign.ingest import rle_counts_from_string
+from orchestrator.campaign.store import (ArrayFile, Category, Event, Image, Mask, count_rows, open_store,
                                 read_session)
-from orchestrator.synth import make_triplets
-from orchestrator.triplets import save_triplets
+from orchestrator.search.synth import make_triplets
+from orchestrator.search.triplets import save_triplets
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from detection.shapes import make_shapes_dataset
-from orchestrator.iterate import OverlapRule, overlapping
+from orchestrator.campaign.iterate import OverlapRule, overlapping
 
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
 RULE = OverlapRule()
@@ -72,10 +72,10 @@ def test_a_store_from_before_rounds_opens_intact_as_round_one(tmp_path):
     """An older store (no campaign_round table, no mask.round column) gets both when
     opened; its masks are round 1 and its export and status are unchanged."""
     from orchestrator.actions.campaign import campaign_status, cluster_campaign, init_campaign
-    from orchestrator.ingest import read_triplet_predictions, write_predictions
-    from orchestrator.store import open_store
-    from orchestrator.synth import make_triplets
-    from orchestrator.triplets import save_triplets
+    from orchestrator.campaign.ingest import read_triplet_predictions, write_predictions
+    from orchestrator.campaign.store import open_store
+    from orchestrator.search.synth import make_triplets
+    from orchestrator.search.triplets import save_triplets
 
     camp = tmp_path / "c"
     init_campaign(camp)
@@ -117,8 +117,8 @@ def _round_rows(camp: Path) -> dict:
 def world(tmp_path_factory):
     from orchestrator.actions.campaign import cluster_campaign, init_campaign
     from orchestrator.actions.run import run_simulated
-    from orchestrator.ingest import read_predictions, write_predictions
-    from orchestrator.store import open_store
+    from orchestrator.campaign.ingest import read_predictions, write_predictions
+    from orchestrator.campaign.store import open_store
 
     root = tmp_path_factory.mktemp("iter")
     make_shapes_dataset(root / "train", 12, size=128, n_classes=3, seed=0)
@@ -159,8 +159,8 @@ def test_iterate_killed_and_crashed_runs_round_two_once_and_proposes_no_overlapp
     from orchestrator.actions.campaign import campaign_status
     from orchestrator.actions.iterate import iterate_campaign
     from orchestrator.actions.run import run_simulated
-    from orchestrator.export import export_coco
-    from orchestrator.store import open_store
+    from orchestrator.campaign.export import export_coco
+    from orchestrator.campaign.store import open_store
 
     root, camp, n1 = world["root"], world["camp"], world["n1"]
     even = sum(1 for x in world["results"] if x["image_id"] % 2 == 0)
@@ -247,10 +247,10 @@ def test_iterate_bad_input_one_line_nothing_changed(world, tmp_path, case):
     extra = []
     if case == "triplets":
         from orchestrator.actions.campaign import init_campaign
-        from orchestrator.ingest import read_triplet_predictions, write_predictions
-        from orchestrator.store import open_store
-        from orchestrator.synth import make_triplets
-        from orchestrator.triplets import save_triplets
+        from orchestrator.campaign.ingest import read_triplet_predictions, write_predictions
+        from orchestrator.campaign.store import open_store
+        from orchestrator.search.synth import make_triplets
+        from orchestrator.search.triplets import save_triplets
 
         camp = tmp_path / "t"
         init_campaign(camp)

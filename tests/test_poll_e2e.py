@@ -39,7 +39,7 @@ def sim(tmp_path_factory):
         search={"kpa": 0.3, "ns": 8})
     from orchestrator.actions.campaign import campaign_status
     from orchestrator.actions.estimate import estimate_data
-    from orchestrator.report import write_report
+    from orchestrator.campaign.report import write_report
 
     est = estimate_data(camp)
     dry = cli("run", camp, "--dry-run").stdout
@@ -56,10 +56,10 @@ def _db(camp):
 
 
 def test_simulated_campaign_runs_through_the_poll_path_with_gold_and_soft_blocks(sim):
-    from orchestrator.annotators import SimulatedAnnotators
-    from orchestrator.campaign import CampaignSearch
-    from orchestrator.cost import assignment_cost
-    from orchestrator.simulate import run_tree_search
+    from orchestrator.crowd.annotators import SimulatedAnnotators
+    from orchestrator.campaign.campaign import CampaignSearch
+    from orchestrator.crowd.cost import assignment_cost
+    from orchestrator.search.simulate import run_tree_search
 
     out, camp = sim["out"], sim["camp"]
     assert out["finished"] and out["backend"] == "simulated" and out["passes"] >= 3
@@ -162,11 +162,11 @@ def test_a_bonus_is_recorded_within_the_budget_and_paid_once(sim):
                            "and worker_id='sim-good1' limit 1").fetchone()
     con.close()
     from orchestrator.actions.campaign import campaign_status
-    from orchestrator.config import load_config
+    from orchestrator.campaign.config import load_config
     from orchestrator.crowd.ledger import MTURK_FEES
     from orchestrator.errors import LabelpropError
-    from orchestrator.poll import poll_once, record_bonus
-    from orchestrator.store import open_store
+    from orchestrator.crowd.poll import poll_once, record_bonus
+    from orchestrator.campaign.store import open_store
 
     too_much = cli("bonus", camp, wid, aid, "100", check=False)
     assert too_much.returncode == 2 and "exceeds what is left of the budget" in too_much.stderr
@@ -192,9 +192,9 @@ def test_a_bonus_is_recorded_within_the_budget_and_paid_once(sim):
 def test_cost_is_booked_from_the_hit_as_posted_not_from_the_current_config(tmp_path):
     """The reward is raised mid-campaign: HITs posted before cost what they cost then, the rest the
     new price; the spend is exactly what the platform charged."""
-    from orchestrator.config import load_config, save_config
+    from orchestrator.campaign.config import load_config, save_config
     from orchestrator.crowd.ledger import MTURK_FEES
-    from orchestrator.poll import poll_once
+    from orchestrator.crowd.poll import poll_once
 
     camp = make_crowd_campaign(tmp_path, "reward", backend="simulated", seed=5, n_images=16, gold_images=8,
                                simulated_workers="a:accuracy=1;b:accuracy=1",
@@ -226,11 +226,11 @@ def test_hits_recorded_but_not_posted_when_the_reward_changes_are_booked_at_the_
     """A pass recorded its HIT intents and stopped before publishing them (killed, or the platform was
     away); meanwhile the reward is raised: they are posted under the new HIT type and booked at what
     they are posted for, so the ledger matches what the platform charges."""
-    from orchestrator.config import load_config, save_config
+    from orchestrator.campaign.config import load_config, save_config
     from orchestrator.crowd.ledger import MTURK_FEES
-    from orchestrator.poll import CrowdContext, poll_once
-    from orchestrator.posting import ensure_setup, fill
-    from orchestrator.store import transaction
+    from orchestrator.crowd.poll import CrowdContext, poll_once
+    from orchestrator.crowd.posting import ensure_setup, fill
+    from orchestrator.campaign.store import transaction
 
     camp = make_crowd_campaign(tmp_path, "moved", backend="simulated", seed=5, n_images=12, gold_images=8,
                                simulated_workers="a:accuracy=1",
@@ -264,10 +264,10 @@ def test_hits_recorded_but_not_posted_when_the_reward_changes_are_booked_at_the_
 def test_a_raised_reward_never_spends_past_the_budget(tmp_path):
     """Two HITs recorded at $0.05 (+ fee) fit a $0.15 budget; the reward is raised to $0.10 before they are
     posted: only what fits at the new price is posted, the rest of the questions go back to the search."""
-    from orchestrator.config import load_config, save_config
-    from orchestrator.poll import CrowdContext, poll_once
-    from orchestrator.posting import ensure_setup, fill
-    from orchestrator.store import transaction
+    from orchestrator.campaign.config import load_config, save_config
+    from orchestrator.crowd.poll import CrowdContext, poll_once
+    from orchestrator.crowd.posting import ensure_setup, fill
+    from orchestrator.campaign.store import transaction
 
     camp = make_crowd_campaign(tmp_path, "raise", backend="simulated", seed=5, n_images=12, gold_images=8,
                                simulated_workers="a:accuracy=1",
@@ -299,10 +299,10 @@ def test_a_raised_reward_never_spends_past_the_budget(tmp_path):
 
 # ------------------------------------------------------------------------------- the original e2e checks
 def test_campaign_finishes_with_the_predicted_precision(sim):
-    from orchestrator.annotators import SimulatedAnnotators
-    from orchestrator.campaign import CampaignSearch
-    from orchestrator.search import Search
-    from orchestrator.simulate import run_tree_search
+    from orchestrator.crowd.annotators import SimulatedAnnotators
+    from orchestrator.campaign.campaign import CampaignSearch
+    from orchestrator.search.search import Search
+    from orchestrator.search.simulate import run_tree_search
 
     final, camp = sim["out"], sim["camp"]
     assert final["finished"], final
@@ -348,7 +348,7 @@ def test_spammer_and_gold_failer_are_soft_blocked_and_decide_nothing(sim):
 
 
 def test_spend_is_approved_rewards_plus_fees_and_under_budget(sim):
-    from orchestrator.cost import assignment_cost
+    from orchestrator.crowd.cost import assignment_cost
 
     final, camp = sim["out"], sim["camp"]
     con = _db(camp)

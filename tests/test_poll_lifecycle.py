@@ -20,8 +20,8 @@ import pytest
 
 from tests.crowd_campaign_helpers import TruthPolicy, crowd_server_in, make_crowd_campaign  # noqa: E402
 
-from orchestrator.cost import assignment_cost  # noqa: E402
-from orchestrator.poll import poll_once  # noqa: E402
+from orchestrator.crowd.cost import assignment_cost  # noqa: E402
+from orchestrator.crowd.poll import poll_once  # noqa: E402
 
 LIFETIME = 600
 REWARD = 0.05
@@ -106,7 +106,7 @@ def _submitted(mturk, hit_id):
 
 def _truth_of_questions(camp):
     """{question id: true label} for every answered question (mask IoU >= K_iou)."""
-    from orchestrator.config import load_config
+    from orchestrator.campaign.config import load_config
 
     kiou = load_config(camp).search.kiou
     con = _db(camp)
@@ -282,7 +282,7 @@ def test_held_answers_of_a_worker_on_probation_expire_and_are_asked_again(crowd)
     srv, base, assets, clock = crowd
     camp = make_crowd_campaign(base, "hold", endpoint_url=srv.endpoint_url, assets_dir=assets,
                                **_config(assignments=1, in_flight=2, gold_min_accuracy=0.5))
-    from orchestrator.config import load_config, save_config
+    from orchestrator.campaign.config import load_config, save_config
 
     cfg = load_config(camp)
     cfg.crowd.qualification.min_gold_answers = 4        # two HITs of gold before answers count
@@ -396,7 +396,7 @@ def test_replicated_hits_are_aggregated_into_one_answer_per_question(crowd, aggr
     camp = make_crowd_campaign(base, "rep", endpoint_url=srv.endpoint_url, assets_dir=assets,
                                **_config(assignments=3, in_flight=3, aggregation=aggregation,
                                          gold_min_accuracy=0.0, budget=10.0))
-    from orchestrator.config import load_config
+    from orchestrator.campaign.config import load_config
     assert load_config(camp).crowd.aggregation == aggregation       # the campaign.toml key
     assert f'aggregation = "{aggregation}"' in (camp / "campaign.toml").read_text()
     mturk = srv.client()

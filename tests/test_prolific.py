@@ -20,7 +20,7 @@ from http.cookiejar import CookieJar
 
 import pytest
 
-from orchestrator.config import ProlificSection
+from orchestrator.campaign.config import ProlificSection
 from orchestrator.crowd_server.simulated_workers import (SimulatedWorker, WorkerProfile, apply_profile,
                                                          encode_submission)
 from orchestrator.crowd_server.xml_formats import parse_test
@@ -254,12 +254,12 @@ def test_bonus_pay_with_lost_answer_is_not_paid_twice(world):
     """The pay call takes effect but its answer never arrives (a cut connection, or a pass killed
     between the call and its record): the next pass finds the payment on the submission."""
     srv, fake, base, assets = world
-    from orchestrator.config import load_config
+    from orchestrator.campaign.config import load_config
     from orchestrator.crowd.backends.prolific import ProlificBackend
     from orchestrator.crowd.backends.prolific_api import ProlificClient
     from orchestrator.crowd.backends.base import BackendError
     from orchestrator.crowd.prolific_store import ProlificBonusPay, ProlificStudy
-    from orchestrator.store import open_store, transaction
+    from orchestrator.campaign.store import open_store, transaction
 
     fake2 = FakeProlific(TOKEN).start()
     try:
@@ -334,7 +334,7 @@ def test_client_retries_5xx_and_maps_4xx(world):
 
 
 def test_fees_estimate_and_minimum_hourly_pay(world, tmp_path):
-    from orchestrator.config import load_config, save_config
+    from orchestrator.campaign.config import load_config, save_config
     from orchestrator.crowd.backends.prolific_api import prolific_fees
     from orchestrator.errors import LabelpropError
 
@@ -365,7 +365,7 @@ def test_server_entry_routes(world, tmp_path):
     a study id is set only that study's participants are let in (browser path: HTML redirects)."""
     import urllib.error
 
-    from orchestrator.config import apply_backend_defaults, default_config
+    from orchestrator.campaign.config import apply_backend_defaults, default_config
     from orchestrator.crowd.backends.mturk import MTurkBackend
     from orchestrator.crowd.backends.prolific import ProlificBackend
     from orchestrator.crowd.backends.prolific_api import ProlificClient

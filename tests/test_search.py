@@ -6,8 +6,8 @@ import pytest
 
 from clustering.build import build_forest
 from orchestrator.errors import LabelpropError
-from orchestrator.search import (TREE_STRATEGIES, NodeState, Search, SearchParams, decide)
-from orchestrator.simulate import run_tree_search
+from orchestrator.search.search import (TREE_STRATEGIES, NodeState, Search, SearchParams, decide)
+from orchestrator.search.simulate import run_tree_search
 
 
 def small_data(seed=0, n=120, classes=2):
@@ -33,7 +33,7 @@ class Truthful:
 # ----------------------------------------------------------------------------- reference
 def value_key(f, p, node, seq, answers, pending=frozenset()):
     """The value strategies' key, computed from scratch (the spec in ValueOrder's docstring)."""
-    from orchestrator.calibration import AcceptanceCurve
+    from orchestrator.search.calibration import AcceptanceCurve
 
     curve = p.curve if p.curve is not None else AcceptanceCurve.fallback(p.kpa)
 
@@ -494,7 +494,7 @@ def test_class_quotas_stop_a_class_once_met():
     (40, 40, 35, 0, 0, ("ACCEPTED", 0)),       # every mask answered: Q is exact
 ])
 def test_size_aware_stopping_rule_by_hand(n, a, y, p, chunk, expect):
-    from orchestrator.search import judge
+    from orchestrator.search.search import judge
     state, need = judge(n, a, y, p, SearchParams(acceptance="size-aware", chunk=chunk, risk_masks=15))
     assert (state.name if state else None, need) == expect
     fixed, fneed = judge(n, a, y, p, SearchParams(chunk=chunk))
@@ -505,7 +505,7 @@ def test_size_aware_stopping_rule_by_hand(n, a, y, p, chunk, expect):
 def test_size_aware_bound_controls_wrong_accepts():
     """Ville's inequality, checked by simulation: nodes of true quality q0 = 0.75 with
     n = 1500 masks are accepted at most risk_masks / n = 1% of the time (the fixed rule: ~24%)."""
-    from orchestrator.search import judge
+    from orchestrator.search.search import judge
     rng = np.random.default_rng(0)
     p = SearchParams(acceptance="size-aware", risk_masks=15)
     wrong = {"fixed": 0, "size-aware": 0}
@@ -638,7 +638,7 @@ def test_value_strategies_end_with_the_masks_every_tree_search_accepts():
 
 
 def test_value_spends_a_small_budget_better_than_the_score_order():
-    from orchestrator.synth import make_triplets
+    from orchestrator.search.synth import make_triplets
     t = make_triplets(8000, classes=2, dim=8, seed=5)
     forest = build_forest(t.features, t.scores, t.classes)
     full = run_tree_search(forest, SearchParams(), Truthful(t.ious), t.ious)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.actions.simulate import run_simulation
-from orchestrator.synth import DEMO_PATH
+from orchestrator.search.synth import DEMO_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("masks", "accepted_masks", "questions", "clusters_annotated", "mean_iou_accepted",
@@ -118,9 +118,9 @@ def test_value_order_spends_a_quarter_budget_better(tmp_path):
 
 
 def test_all_strategies_and_the_demo_include_value():
-    from orchestrator.cli_simulate import _strategies
-    from orchestrator.simulate import DEMO_STRATEGIES
-    from orchestrator.search import SearchParams
+    from orchestrator.cli.simulate import _strategies
+    from orchestrator.search.simulate import DEMO_STRATEGIES
+    from orchestrator.search.search import SearchParams
 
     every = _strategies(["all"])
     assert "value" in every and "value-simple" in every and "heuristic" in every and "lsun" in every
@@ -131,8 +131,8 @@ def test_all_strategies_and_the_demo_include_value():
 def test_simulate_calibration_acceptance_and_leaf_rule_options(tmp_path):
     held = tmp_path / "held.npz"
     data = tmp_path / "data.npz"
-    from orchestrator.synth import make_triplets
-    from orchestrator.triplets import save_triplets
+    from orchestrator.search.synth import make_triplets
+    from orchestrator.search.triplets import save_triplets
     save_triplets(held, make_triplets(3000, classes=2, dim=8, seed=11))
     save_triplets(data, make_triplets(3000, classes=2, dim=8, seed=12))
     p = lp("calibrate", held, "--json")

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator.arrays import (atomic_save_npy, load_array, load_npz, save_array,
+from orchestrator.campaign.arrays import (atomic_save_npy, load_array, load_npz, save_array,
                                  save_arrays_npz, sha256_file)
 from orchestrator.errors import LabelpropError
-from orchestrator.store import (Answer, ArrayFile, Category, Event, Image, Mask, Meta, Node,
+from orchestrator.campaign.store import (Answer, ArrayFile, Category, Event, Image, Mask, Meta, Node,
                                 Question, bulk_insert, clear_search_state, count_rows, get_meta,
                                 insert_questions, record_answers,
                                 load_mask_answers, load_node_arrays, log_event, open_store,
@@ -190,8 +190,8 @@ _KILL_AFTER_COMMIT = """
 import os, signal, sys
 import numpy as np
 from sqlalchemy import event
-from orchestrator.arrays import save_array
-from orchestrator.store import open_store, transaction
+from orchestrator.campaign.arrays import save_array
+from orchestrator.campaign.store import open_store, transaction
 d = sys.argv[1]
 with transaction(open_store(d)) as s:
     # runs before the rename listener save_array adds: SIGKILL between the commit and the rename
@@ -249,7 +249,7 @@ def test_store_holds_only_campaign_tables(tmp_path):
     from sqlalchemy import inspect
     import orchestrator.crowd_server.models  # noqa: F401  (shares SQLModel.metadata: must not leak in)
     engine = open_store(tmp_path, "sqlite:///only.db")
-    from orchestrator.crowd_store import CROWD_MODELS   # the crowd campaign's own tables
+    from orchestrator.crowd.crowd_store import CROWD_MODELS   # the crowd campaign's own tables
     assert sorted(inspect(engine).get_table_names()) == sorted(
         ["category", "image", "mask", "array_file", "node", "question", "answer", "event",
          "meta", "campaign_round"] + [m.__tablename__ for m in CROWD_MODELS])

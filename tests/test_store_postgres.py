@@ -23,10 +23,10 @@ from tests.crowd_campaign_helpers import (LABELPROP, ROOT, TruthPolicy, crowd_se
                                     make_crowd_campaign)
 from tests.pg_server import start_postgres  # noqa: E402
 
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.poll import campaign_lock  # noqa: E402
-from orchestrator.synth import make_triplets  # noqa: E402
-from orchestrator.triplets import save_triplets  # noqa: E402
+from orchestrator.campaign.config import load_config  # noqa: E402
+from orchestrator.crowd.poll import campaign_lock  # noqa: E402
+from orchestrator.search.synth import make_triplets  # noqa: E402
+from orchestrator.search.triplets import save_triplets  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from clustering.build import build_forest
 from orchestrator.errors import LabelpropError
-from orchestrator.synth import (DEMO_ARGS, DEMO_PATH, demo_triplets, describe, make_triplets,
+from orchestrator.search.synth import (DEMO_ARGS, DEMO_PATH, demo_triplets, describe, make_triplets,
                                 write_demo_triplets)
-from orchestrator.triplets import load_triplets
+from orchestrator.search.triplets import load_triplets
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_bundled_demo_matches_generator(tmp_path):
 
 
 def _app():
-    from orchestrator import cli_data
+    from orchestrator.cli import data as cli_data
 
     app = typer.Typer(pretty_exceptions_enable=False)
     cli_data.register(app)

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from orchestrator.errors import LabelpropError
-from orchestrator.triplets import Triplets, load_triplets, save_triplets, validate_triplets
+from orchestrator.search.triplets import Triplets, load_triplets, save_triplets, validate_triplets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def test_subset():
 
 # ------------------------------------------------------------------------------ CLI
 def _local_app() -> typer.Typer:
-    from orchestrator import cli_data
+    from orchestrator.cli import data as cli_data
 
     app = typer.Typer(pretty_exceptions_enable=False)
     cli_data.register(app)
@@ -167,7 +167,7 @@ def test_cli_calibrate_bad_file_raises_one_line(tmp_path):
 
 def test_cli_entry_point_exits_nonzero_with_one_line(tmp_path):
     p = _write(tmp_path, "bad.npz", {k: v for k, v in _good().items() if k != "scores"})
-    proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
+    proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli.app import main; main()",
                            "calibrate", str(p)], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 2

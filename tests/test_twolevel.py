@@ -14,7 +14,7 @@ from clustering.tree import Forest
 from clustering.twolevel import (assemble, atom_threshold, cut_atoms, part_trees, partition,
                                  two_level_linkage)
 from orchestrator.actions.campaign import build_forest_parallel
-from orchestrator.synth import make_triplets
+from orchestrator.search.synth import make_triplets
 
 
 def _blobs(n, d=8, seed=0):

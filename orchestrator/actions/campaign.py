@@ -2,7 +2,7 @@
 
 Plain functions over a campaign directory (``campaign.toml``, the store, the arrays beside
 it) with their inputs as arguments; the ``init``, ``cluster`` and ``status`` commands
-(:mod:`orchestrator.cli_campaign`) parse options, call these and print.
+(:mod:`orchestrator.cli.campaign`) parse options, call these and print.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def init_campaign(campaign_dir: str | os.PathLike, name: str | None = None, seed
                   db: str | None = None, backend: str | None = None, force: bool = False,
                   budget_usd: float | None = None, endpoint_url: str | None = None) -> dict:
     """Create DIR, write every parameter to DIR/campaign.toml and create the store."""
-    from orchestrator.config import (apply_backend_defaults, config_path, default_config, save_config,
+    from orchestrator.campaign.config import (apply_backend_defaults, config_path, default_config, save_config,
                                      validate_config)
-    from orchestrator.store import log_event, open_store, transaction
+    from orchestrator.campaign.store import log_event, open_store, transaction
 
     d = Path(campaign_dir)
     if d.exists() and not d.is_dir():
@@ -73,7 +73,7 @@ def build_forest_parallel(features, scores, classes, params, jobs: int = 1,
     are in no tree.
     """
     from clustering.build import class_members, forest_from_linkages
-    from orchestrator.clusterrun import run_classes
+    from orchestrator.campaign.clusterrun import run_classes
 
     members = class_members(classes, exclude)
     scores64 = np.asarray(scores, np.float64)
@@ -93,7 +93,7 @@ def gold_mask_ids(s) -> np.ndarray:
     are held out of the trees, so the search never asks or accepts them."""
     from sqlalchemy import select
 
-    from orchestrator.crowd_store import Gold
+    from orchestrator.crowd.crowd_store import Gold
 
     ids = s.execute(select(Gold.mask_id).where(Gold.mask_id.is_not(None)).distinct()).scalars().all()
     return np.array(sorted(int(i) for i in ids), np.int64)
@@ -107,7 +107,7 @@ def _tree_fingerprint(s, params, held_out: np.ndarray) -> str:
     """Identifies the per-class trees of one parameter set on one set of inputs."""
     import hashlib
 
-    from orchestrator.store import ArrayFile
+    from orchestrator.campaign.store import ArrayFile
 
     src = {"v": _TREES_VERSION, "score_weight": params.score_weight,
            "exact_limit": params.exact_limit, "part_size": params.part_size,
@@ -121,7 +121,7 @@ def _tree_fingerprint(s, params, held_out: np.ndarray) -> str:
 def _tree_rows(s) -> list:
     from sqlalchemy import select
 
-    from orchestrator.store import ArrayFile
+    from orchestrator.campaign.store import ArrayFile
 
     return list(s.execute(select(ArrayFile).where(ArrayFile.name.like("tree/%"))).scalars())
 
@@ -148,7 +148,7 @@ def resolve_cluster_params(cfg, d: int, score_weight: float | None = None,
     exact limit of 0 is derived from the machine's memory."""
     from clustering.build import ClusterParams
     from clustering.memory import default_exact_limit
-    from orchestrator.clusterrun import total_memory
+    from orchestrator.campaign.clusterrun import total_memory
 
     sw = cfg.clustering.score_weight if score_weight is None else score_weight
     el = cfg.clustering.exact_limit if exact_limit is None else exact_limit
@@ -185,10 +185,10 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
     is called once with the classes to cluster, before the work starts.
     """
     from clustering.build import class_members, forest_from_linkages
-    from orchestrator.arrays import load_array, save_array, save_arrays_npz
-    from orchestrator.clusterrun import available_memory, check_memory, parse_size, run_classes
-    from orchestrator.config import load_config
-    from orchestrator.store import (Answer, Mask, Node, clear_search_state, count_rows,
+    from orchestrator.campaign.arrays import load_array, save_array, save_arrays_npz
+    from orchestrator.campaign.clusterrun import available_memory, check_memory, parse_size, run_classes
+    from orchestrator.campaign.config import load_config
+    from orchestrator.campaign.store import (Answer, Mask, Node, clear_search_state, count_rows,
                                     log_event, open_store, read_session, transaction)
 
     cfg = load_config(campaign_dir)
@@ -209,7 +209,7 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
             raise LabelpropError(f"{campaign_dir}: the search has started ({n_nodes} node rows); "
                                  f"--force rebuilds the trees and clears the search state "
                                  f"(answers are kept)")
-        from orchestrator.rounds import check_not_preparing, earlier_round_mask_ids
+        from orchestrator.campaign.rounds import check_not_preparing, earlier_round_mask_ids
 
         check_not_preparing(s, campaign_dir, "clustering")
         features = load_array(s, campaign_dir, "features", mmap=True)
@@ -237,7 +237,7 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
                 if z.shape == (members[c].shape[0] - 1, 4):
                     links[c] = z
     if stale:
-        from orchestrator.store import ArrayFile
+        from orchestrator.campaign.store import ArrayFile
 
         with transaction(engine) as s:
             for name in stale:
@@ -297,15 +297,15 @@ def check_clustering(campaign_dir, db: str | None = None, class_id: int | None =
                      say: Callable[[str], None] | None = None) -> dict:
     """``labelprop cluster --check``: the two-level tree against the exact one on one class
     (the largest by default), or on ``masks`` of its masks drawn at random when it is
-    larger (:func:`orchestrator.cluster_check.fidelity_report`).  Writes nothing."""
+    larger (:func:`orchestrator.campaign.cluster_check.fidelity_report`).  Writes nothing."""
     from clustering.build import class_members, class_stats, embed_rows
     from clustering.memory import BASE_BYTES, exact_bytes, fmt_bytes, max_exact_n
-    from orchestrator.arrays import load_array
-    from orchestrator.cluster_check import fidelity_report
-    from orchestrator.clusterrun import available_memory, parse_size
-    from orchestrator.config import load_config
-    from orchestrator.search import SearchParams
-    from orchestrator.store import ArrayFile, Mask, count_rows, open_store, read_session
+    from orchestrator.campaign.arrays import load_array
+    from orchestrator.campaign.cluster_check import fidelity_report
+    from orchestrator.campaign.clusterrun import available_memory, parse_size
+    from orchestrator.campaign.config import load_config
+    from orchestrator.search.search import SearchParams
+    from orchestrator.campaign.store import ArrayFile, Mask, count_rows, open_store, read_session
 
     cfg = load_config(campaign_dir)
     if masks < 2:
@@ -320,7 +320,7 @@ def check_clustering(campaign_dir, db: str | None = None, class_id: int | None =
         scores = np.asarray(load_array(s, campaign_dir, "scores"), np.float64)
         classes = load_array(s, campaign_dir, "classes")
         ious = load_array(s, campaign_dir, "ious") if s.get(ArrayFile, "ious") is not None else None
-        from orchestrator.rounds import earlier_round_mask_ids
+        from orchestrator.campaign.rounds import earlier_round_mask_ids
 
         held_out = np.union1d(gold_mask_ids(s), earlier_round_mask_ids(s))
     engine.dispose()
@@ -370,10 +370,10 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
     """Counts describing the campaign (what `labelprop status --json` prints)."""
     from sqlalchemy import func, select
 
-    from orchestrator.arrays import load_forest
-    from orchestrator.config import load_config
-    from orchestrator.search import NodeState
-    from orchestrator.store import (Answer, ArrayFile, Category, Image, Mask, Node, Question,
+    from orchestrator.campaign.arrays import load_forest
+    from orchestrator.campaign.config import load_config
+    from orchestrator.search.search import NodeState
+    from orchestrator.campaign.store import (Answer, ArrayFile, Category, Image, Mask, Node, Question,
                                     count_rows, get_meta, open_store, read_session)
 
     cfg = load_config(campaign_dir)
@@ -398,7 +398,7 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
                             for k in ("pending", "answered", "discarded")}
         out["answers"] = count_rows(s, Answer)
         out["answers_yes"] = count_rows(s, Answer, Answer.label == 1)
-        from orchestrator.rounds import current_round, decisions, preparing_round, rounds_summary
+        from orchestrator.campaign.rounds import current_round, decisions, preparing_round, rounds_summary
 
         if out["trees_built"]:
             forest = load_forest(s, campaign_dir, verify=False)
@@ -415,7 +415,7 @@ def campaign_status(campaign_dir, db: str | None = None) -> dict:
         prep = preparing_round(s)
         queued = out["nodes_by_state"]
         out["queue"] = {"queued": int(queued.get("QUEUED", 0)), "asking": int(queued.get("ASKING", 0))}
-    from orchestrator.poll import crowd_summary       # every backend goes through the poll path
+    from orchestrator.crowd.poll import crowd_summary       # every backend goes through the poll path
 
     out["crowd"] = {"backend": cfg.crowd.backend, **crowd_summary(engine, cfg)}
     q = out["questions"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from orchestrator.actions.simulate import DEMO_ERROR_RATE
 from orchestrator.errors import LabelpropError
-from orchestrator.search import SearchParams as _SP
+from orchestrator.search.search import SearchParams as _SP
 
 __all__ = ["run_detection_stage", "DEMO_DETECT_ITERS"]
 
@@ -43,10 +43,10 @@ def run_detection_stage(out: Path, *, train_images: int = 200, pool_images: int 
                         error_rate: float = DEMO_ERROR_RATE, say=lambda m: None) -> dict:
     from orchestrator.actions.campaign import cluster_campaign, init_campaign
     from orchestrator.actions.run import run_simulated
-    from orchestrator.evaluate import evaluate_detections
-    from orchestrator.ingest import read_predictions, write_predictions
-    from orchestrator.store import open_store
-    from orchestrator.triplets import match_ious
+    from orchestrator.search.evaluate import evaluate_detections
+    from orchestrator.campaign.ingest import read_predictions, write_predictions
+    from orchestrator.campaign.store import open_store
+    from orchestrator.search.triplets import match_ious
 
     t0 = time.perf_counter()
     d = out / "detect"

@@ -13,11 +13,11 @@ __all__ = ["estimate_data"]
 def estimate_data(campaign_dir: Path, db: Optional[str] = None, runs: int = 3) -> dict:
     from sqlalchemy import select
 
-    from orchestrator.campaign import CampaignSearch
+    from orchestrator.campaign.campaign import CampaignSearch
     from orchestrator.crowd.backends import backend_fees
     from orchestrator.crowd.estimate import estimate_campaign
-    from orchestrator.crowd_store import CrowdAssignment
-    from orchestrator.store import read_session
+    from orchestrator.crowd.crowd_store import CrowdAssignment
+    from orchestrator.campaign.store import read_session
 
     if runs < 1:
         raise LabelpropError(f"--runs must be at least 1, got {runs}")

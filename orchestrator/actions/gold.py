@@ -41,9 +41,9 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
              limit: int | None = None, balance: bool = True, db: str | None = None) -> dict:
     from sqlalchemy import func, select
 
-    from orchestrator.config import load_config
-    from orchestrator.crowd_store import Gold
-    from orchestrator.store import ArrayFile, Category, Event, Image, Mask, bulk_insert, log_event, \
+    from orchestrator.campaign.config import load_config
+    from orchestrator.crowd.crowd_store import Gold
+    from orchestrator.campaign.store import ArrayFile, Category, Event, Image, Mask, bulk_insert, log_event, \
         open_store, read_session, transaction, utcnow
 
     d = Path(campaign_dir)
@@ -78,7 +78,7 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
                          "image_path": str((root / fname).resolve()), "rle": rle, "bbox": bbox,
                          "category": cname, "source": "campaign-mask"})
     else:
-        from orchestrator.ingest import load_json, read_images, validate_rle
+        from orchestrator.campaign.ingest import load_json, read_images, validate_rle
 
         if results is None or images is None or image_root is None:
             raise LabelpropError("gold: give --results, --images and --image-root (or --from-masks N)")
@@ -168,7 +168,7 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
 
 def _refuse_once_searching(engine, d, s=None) -> None:
     """Campaign masks can become gold only before the search has asked anything."""
-    from orchestrator.store import Node, Question, count_rows, read_session
+    from orchestrator.campaign.store import Node, Question, count_rows, read_session
 
     def check(s):
         if count_rows(s, Node) or count_rows(s, Question):

@@ -1,8 +1,8 @@
 """The next round of a campaign (``labelprop iterate``): retrain on the accepted masks, detect
 again, ingest and cluster the new masks.
 
-The steps of a round are in :mod:`orchestrator.iterate` (pure) and the rounds in the store
-in :mod:`orchestrator.rounds`.  Training and detection run as ``labelprop train`` and
+The steps of a round are in :mod:`orchestrator.campaign.iterate` (pure) and the rounds in the store
+in :mod:`orchestrator.campaign.rounds`.  Training and detection run as ``labelprop train`` and
 ``labelprop detect`` in a subprocess, as a user would run them: the orchestrator never
 imports the detection package (a polling machine needs no torch), and both commands resume
 after a kill.  Every step is journaled in the store (``CampaignRound.step``), so a killed
@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from orchestrator.errors import LabelpropError
-from orchestrator.iterate import PREP_STEPS, OverlapRule, RoundPlan, detect_argv, overlapping, \
+from orchestrator.campaign.iterate import PREP_STEPS, OverlapRule, RoundPlan, detect_argv, overlapping, \
     train_argv
 
 __all__ = ["iterate_campaign"]
@@ -65,7 +65,7 @@ def _model_info(weights: Path) -> tuple[Path, dict, dict]:
 def _round_one_provenance(s, campaign_dir: Path) -> dict:
     """What round 1 was detected with, from the ingested detector output (``detect.json``
     beside the results that `labelprop ingest` read)."""
-    from orchestrator.rounds import ingest_sources
+    from orchestrator.campaign.rounds import ingest_sources
 
     src = ingest_sources(s)
     if not src or "results" not in src:
@@ -89,8 +89,8 @@ def _round_one_provenance(s, campaign_dir: Path) -> dict:
 def _plan_next(s, campaign_dir: Path, r: int, opts: dict) -> tuple[RoundPlan, dict | None]:
     """The plan of round ``r + 1`` (options over what the campaign recorded), validated;
     and round 1's provenance when round 1 has no row yet."""
-    from orchestrator.arrays import array_row
-    from orchestrator.rounds import round_row
+    from orchestrator.campaign.arrays import array_row
+    from orchestrator.campaign.rounds import round_row
 
     prev = round_row(s, r)
     first = None
@@ -203,11 +203,11 @@ def _accepted_files(engine, campaign_dir: Path, r: int, rdir: Path) -> list[tupl
     """Write the accepted masks of rounds 1..r-1 as COCO, one file per image root; returns
     [(file, image root)].  Deterministic: a rerun writes the same files."""
     from orchestrator.atomic import atomic_write_text
-    from orchestrator.export import coco_instances
-    from orchestrator.rounds import frozen_decisions, mask_rounds
+    from orchestrator.campaign.export import coco_instances
+    from orchestrator.campaign.rounds import frozen_decisions, mask_rounds
     from sqlalchemy import select
 
-    from orchestrator.store import CampaignRound, Mask, count_rows, read_session
+    from orchestrator.campaign.store import CampaignRound, Mask, count_rows, read_session
 
     with read_session(engine) as s:
         n = count_rows(s, Mask)
@@ -237,13 +237,13 @@ def _accepted_files(engine, campaign_dir: Path, r: int, rdir: Path) -> list[tupl
 def _ingest_step(engine, campaign_dir: Path, r: int, plan: RoundPlan, rdir: Path, rule: OverlapRule,
                  say) -> dict:
     """Drop new detections overlapping accepted masks; add the rest as round ``r``'s masks."""
-    from orchestrator.arrays import atomic_save_npy
+    from orchestrator.campaign.arrays import atomic_save_npy
     from orchestrator.atomic import atomic_write_text
-    from orchestrator.ingest import read_predictions
-    from orchestrator.rounds import append_round_masks, frozen_decisions
+    from orchestrator.campaign.ingest import read_predictions
+    from orchestrator.campaign.rounds import append_round_masks, frozen_decisions
     from sqlalchemy import select
 
-    from orchestrator.store import Mask, chunks, count_rows, read_session, transaction
+    from orchestrator.campaign.store import Mask, chunks, count_rows, read_session, transaction
 
     dets = rdir / "dets"
     results = _read_json(dets / "results.json", "detections of the retrained model")
@@ -271,7 +271,7 @@ def _ingest_step(engine, campaign_dir: Path, r: int, plan: RoundPlan, rdir: Path
     keep = np.flatnonzero(~drop)
     kept = [results[i] for i in keep.tolist()]
     if plan.gt:
-        from orchestrator.triplets import match_ious
+        from orchestrator.search.triplets import match_ious
 
         ious = match_ious(_read_json(Path(plan.gt), "--gt ground truth"), kept, plan.gt,
                           str(dets / "results.json"))
@@ -306,12 +306,12 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
                      quiet: bool = False, capture: bool = False,
                      say: Callable[[str], None] = lambda m: None) -> dict:
     """Prepare the next round of the campaign (or finish the one being prepared)."""
-    from orchestrator.config import load_config
-    from orchestrator.export import ACCEPTED, masks_with_state
-    from orchestrator.rounds import current_round, freeze_and_start, round_dir, round_row, set_step
+    from orchestrator.campaign.config import load_config
+    from orchestrator.campaign.export import ACCEPTED, masks_with_state
+    from orchestrator.campaign.rounds import current_round, freeze_and_start, round_dir, round_row, set_step
     from sqlalchemy import select
 
-    from orchestrator.store import ArrayFile, CampaignRound, Mask, Question, count_rows, get_meta, \
+    from orchestrator.campaign.store import ArrayFile, CampaignRound, Mask, Question, count_rows, get_meta, \
         open_store, read_session, transaction
 
     d = Path(campaign_dir)
@@ -340,7 +340,7 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
             if s.get(ArrayFile, "forest") is None:
                 raise LabelpropError(f"{d}: round {r} has no trees yet; run `labelprop cluster "
                                      f"{d}` and search it before iterating")
-            from orchestrator.arrays import load_forest
+            from orchestrator.campaign.arrays import load_forest
 
             n_acc = int(masks_with_state(s, load_forest(s, d), [ACCEPTED]).sum())
             if n_acc == 0:
@@ -352,7 +352,7 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
                                      f"`labelprop run {d}` finish them (or expire its HITs) first")
             plan, first = _plan_next(s, d, r, opts)
     if not resuming:
-        from orchestrator.poll import crowd_summary
+        from orchestrator.crowd.poll import crowd_summary
 
         if crowd_summary(engine, cfg)["hits_in_flight"]:
             raise LabelpropError(f"{d}: round {r} has HITs in flight; let `labelprop run {d}` "

@@ -11,8 +11,8 @@ __all__ = ["prolific_test_study"]
 
 
 def prolific_test_study(campaign_dir: Path, db: Optional[str] = None) -> dict:
-    from orchestrator.config import load_config
-    from orchestrator.poll import CrowdContext, campaign_lock
+    from orchestrator.campaign.config import load_config
+    from orchestrator.crowd.poll import CrowdContext, campaign_lock
 
     d = Path(campaign_dir)
     if load_config(d).crowd.backend != "prolific":

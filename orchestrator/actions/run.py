@@ -1,6 +1,6 @@
 """Running a campaign: poll passes until it is finished, the budget spent, or it stalls.
 
-One loop for every backend: each step is :func:`orchestrator.poll.poll_once`, exactly what
+One loop for every backend: each step is :func:`orchestrator.crowd.poll.poll_once`, exactly what
 ``labelprop poll`` does from cron (post HITs, fetch answers, quality control, pay, decide
 clusters).  With the ``simulated`` backend the crowd answers at once, so passes follow each
 other without waiting; with a real platform ``interval`` seconds pass between them.
@@ -27,7 +27,7 @@ def mask_ious(engine, n_masks: int, where: str) -> np.ndarray:
     """Ground-truth IoU of every mask (from the Mask table); error if any is unknown."""
     from sqlalchemy import select
 
-    from orchestrator.store import Mask, read_session
+    from orchestrator.campaign.store import Mask, read_session
 
     with read_session(engine) as s:
         rows = s.execute(select(Mask.id, Mask.iou)).all()
@@ -49,10 +49,10 @@ def run_passes(campaign_dir: Path, *, db=None, endpoint_url=None, sandbox=None, 
 
     ``show(out, passes, waiting)``, if given, is called after each pass (``waiting``: a
     message while the platform cannot be reached)."""
-    from orchestrator.config import load_config
+    from orchestrator.campaign.config import load_config
     from orchestrator.crowd.backends import BackendOptions
     from orchestrator.crowd.backends.base import PlatformUnavailable
-    from orchestrator.poll import poll_once
+    from orchestrator.crowd.poll import poll_once
 
     cfg = load_config(campaign_dir)
     simulated = cfg.crowd.backend == "simulated"
@@ -117,8 +117,8 @@ def run_simulated(campaign_dir: Path, db: Optional[str] = None, error_rate: floa
                   show=None) -> dict:
     """A campaign with simulated annotators, through the poll path; adds the quality of the
     accepted masks (ground truth is known) to the summary."""
-    from orchestrator.campaign import CampaignSearch
-    from orchestrator.config import load_config
+    from orchestrator.campaign.campaign import CampaignSearch
+    from orchestrator.campaign.config import load_config
 
     if load_config(campaign_dir).crowd.backend != "simulated":
         raise LabelpropError(f"{Path(campaign_dir) / 'campaign.toml'}: [crowd] backend is not 'simulated'")

@@ -1,5 +1,5 @@
 """Strategy comparisons and the demo: plain functions behind ``labelprop simulate`` and
-``labelprop demo`` (:mod:`orchestrator.cli_simulate` parses and prints)."""
+``labelprop demo`` (:mod:`orchestrator.cli.simulate` parses and prints)."""
 from __future__ import annotations
 
 import shutil
@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from clustering.build import ClusterParams as _CP
-from orchestrator.annotators import SECONDS_PER_QUESTION
+from orchestrator.crowd.annotators import SECONDS_PER_QUESTION
 from orchestrator.atomic import json_safe
-from orchestrator.cost import CostModel as _CM
+from orchestrator.crowd.cost import CostModel as _CM
 from orchestrator.errors import LabelpropError
-from orchestrator.search import SearchParams as _SP
-from orchestrator.simulate import DEMO_STRATEGIES
+from orchestrator.search.search import SearchParams as _SP
+from orchestrator.search.simulate import DEMO_STRATEGIES
 
 __all__ = ["run_simulation", "run_demo", "DEMO_STRATEGIES", "DEMO_ERROR_RATE"]
 
@@ -34,21 +34,21 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = _SP.
                    forest=None) -> dict:
     """Everything `labelprop simulate` does, as a function returning the JSON object.
 
-    Core parameters out of range raise :class:`~orchestrator.params.ParamError` (neutral
+    Core parameters out of range raise :class:`~orchestrator.search.params.ParamError` (neutral
     names; the command renders them as options)."""
     from clustering.build import ClusterParams, build_forest
-    from orchestrator.annotators import SimulatedAnnotators
-    from orchestrator.cost import CostModel
-    from orchestrator.results import summarize
-    from orchestrator.search import SearchParams
-    from orchestrator.simulate import REGISTRY, final, point, run_strategy
-    from orchestrator.triplets import load_triplets
+    from orchestrator.crowd.annotators import SimulatedAnnotators
+    from orchestrator.crowd.cost import CostModel
+    from orchestrator.search.results import summarize
+    from orchestrator.search.search import SearchParams
+    from orchestrator.search.simulate import REGISTRY, final, point, run_strategy
+    from orchestrator.search.triplets import load_triplets
 
-    from orchestrator.search import TREE_STRATEGIES
+    from orchestrator.search.search import TREE_STRATEGIES
 
     curve = None
     if calibration is not None:
-        from orchestrator.calibration import load_curve
+        from orchestrator.search.calibration import load_curve
         curve = load_curve(calibration).check_for(ka, kiou, str(calibration))
     d = SearchParams()
     params = SearchParams(ns=ns, ka=ka, kiou=kiou, kpa=kpa, kpr=kpr, chunk=chunk, oracle=oracle, seed=seed,
@@ -109,7 +109,7 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = _SP.
                            "questions_per_hit": questions_per_hit, "budget_questions": budget_questions},
                 "triplets": str(triplets_path)})
     if plots and out_dir is not None:
-        from orchestrator.plots import curve, plot_fig6, plot_fig8, write_curves_csv
+        from orchestrator.search.plots import curve, plot_fig6, plot_fig8, write_curves_csv
 
         curves = {name: curve(res) for name, res in results.items()}
         out_dir = Path(out_dir)
@@ -130,10 +130,10 @@ def run_demo(out: Path, *, error_rate: float = DEMO_ERROR_RATE, compare: bool = 
     ``{"campaign", "run", "cost", "usd", "hours", "compare", "seconds"}``."""
     from orchestrator.actions.campaign import cluster_campaign, init_campaign
     from orchestrator.actions.run import run_simulated
-    from orchestrator.export import export_indices
-    from orchestrator.ingest import read_triplet_predictions, write_predictions
-    from orchestrator.store import open_store
-    from orchestrator.synth import DEMO_PATH
+    from orchestrator.campaign.export import export_indices
+    from orchestrator.campaign.ingest import read_triplet_predictions, write_predictions
+    from orchestrator.campaign.store import open_store
+    from orchestrator.search.synth import DEMO_PATH
 
     marker = out / ".labelprop-demo"
     if out.exists():

@@ -106,12 +106,12 @@ def calibrated_p_yes(scores: np.ndarray, answered: np.ndarray, labels: np.ndarra
 
 
 def estimate_campaign(cs, *, fees, runs: int = 3, seconds_per_question: float | None = None) -> Estimate:
-    """The estimate for the campaign of :class:`~orchestrator.campaign.CampaignSearch` ``cs``."""
+    """The estimate for the campaign of :class:`~orchestrator.campaign.campaign.CampaignSearch` ``cs``."""
     from sqlalchemy import select
 
     from orchestrator.crowd.ledger import cents
-    from orchestrator.search import Search
-    from orchestrator.store import Mask, read_session
+    from orchestrator.search.search import Search
+    from orchestrator.campaign.store import Mask, read_session
 
     n = cs.forest.n_masks
     p = np.zeros(n)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from orchestrator.crowd.backends.base import INVALID_STATE, NOT_FOUND, BackendError
-from orchestrator.crowd_store import CrowdAssignment, HitIntent
+from orchestrator.crowd.crowd_store import CrowdAssignment, HitIntent
 from orchestrator.errors import LabelpropError
-from orchestrator.store import bulk_update, log_event, read_session, transaction
+from orchestrator.campaign.store import bulk_update, log_event, read_session, transaction
 
 __all__ = ["list_hits", "expire_hits", "delete_hits"]
 
 
 def _ctx(campaign_dir, db, options):
-    from orchestrator.poll import CrowdContext
+    from orchestrator.crowd.poll import CrowdContext
 
     return CrowdContext(campaign_dir, db=db, options=options)
 
@@ -78,7 +78,7 @@ def expire_hits(campaign_dir, *, hit: str | None = None, db=None, options=None) 
 
 
 def delete_hits(campaign_dir, *, hit: str | None = None, db=None, options=None) -> dict:
-    from orchestrator.posting import dispose_hits
+    from orchestrator.crowd.posting import dispose_hits
 
     ctx = _ctx(campaign_dir, db, options)
     try:

@@ -7,7 +7,7 @@
 * :class:`ProlificSubmission`: one Prolific submission (a participant's place) as listed,
   then the decision (approve / reject with message and category) and whether the remote
   transition was made; ``cost_cents`` is booked from the study's reward when decided.
-* :class:`ProlificBonusPay`: the steps of one bonus (a :class:`~orchestrator.crowd_store.CrowdBonus`
+* :class:`ProlificBonusPay`: the steps of one bonus (a :class:`~orchestrator.crowd.crowd_store.CrowdBonus`
   row, same token): the participant's bonus count before, the bulk bonus id once created, and
   ``pay_sent_at`` written *before* the non-idempotent pay call.  A rerun that finds
   ``pay_sent_at`` set reads the submission's bonus payments: one more than before means the

@@ -22,4 +22,12 @@ Modules, by what they hold:
 - ``simulated_workers`` programmatic workers driving the worker-side HTTP endpoints
 - ``testing``           start a server subprocess on a free port (for tests and the campaign loop)
 - ``cli``               the ``labelprop crowd-server`` command group
+- ``prolific_entry``    the Prolific participants' entry routes (start, next, completion codes)
+- ``errors``            ``LabelpropError``, the user-facing error (the orchestrator re-exports it)
+- ``simulated_workers`` also holds the one simulated-answer policy (``true_answer``,
+  ``answers_wrongly``, ``worker_answer``) that the in-process simulated crowd imports
+
+The package imports nothing from ``orchestrator`` outside ``orchestrator/crowd_server/``
+(``tests/test_layout.py`` checks it): it can be deployed and run without the rest of the
+orchestrator, and the orchestrator imports from it, never the other way round.
 """

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.errors import LabelpropError
+from orchestrator.crowd_server.errors import LabelpropError
 
 DATA_DIR_HELP = "Server data directory (database, requester credentials). Default: $LABELPROP_CROWD_DATA or ./crowd-server-data."
 

@@ -65,7 +65,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func
 from sqlmodel import select
 
-from orchestrator.errors import LabelpropError
+from orchestrator.crowd_server.errors import LabelpropError
 
 from . import api_errors as E
 from . import credentials as creds_mod

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import quote, urlencode
 
-from orchestrator.errors import LabelpropError
+from orchestrator.crowd_server.errors import LabelpropError
 
 from .xml_formats import QuestionForm, parse_question, parse_test
 

@@ -24,7 +24,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.errors import LabelpropError
+from orchestrator.crowd_server.errors import LabelpropError
 
 LEAF_DAYS = 397
 CA_DAYS = 3650

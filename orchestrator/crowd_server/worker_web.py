@@ -20,7 +20,7 @@ Assets (the mask overlays HITs show) are public, like objects of a public S3 buc
 body being the file, signed with the requester's key exactly like a Requester API call;
 files live in ``DATA_DIR/assets`` and never change once written), or a file under the
 ``--assets DIR`` directory.  Every campaign that posts to this server uploads its overlays
-(``orchestrator.assets.LocalAssetStore`` with the server as its mirror), so the images of
+(``orchestrator.crowd.assets.LocalAssetStore`` with the server as its mirror), so the images of
 every campaign load, whatever machine the campaign runs on.
 """
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Bundled data files (the demo triplets; see ``orchestrator.synth.write_demo_triplets``)."""
+"""Bundled data files (the demo triplets; see ``orchestrator.search.synth.write_demo_triplets``)."""

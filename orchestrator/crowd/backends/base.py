@@ -1,6 +1,6 @@
 """The one interface between a crowd campaign and a crowd platform.
 
-The poll pass (:mod:`orchestrator.poll`) and posting (:mod:`orchestrator.posting`) talk to
+The poll pass (:mod:`orchestrator.crowd.poll`) and posting (:mod:`orchestrator.crowd.posting`) talk to
 a platform only through :class:`CrowdBackend`.  The orchestrator keeps the intent ledger:
 every remote effect is recorded in the campaign store *before* the backend is asked to
 make it, and every backend call is idempotent (a token, or an "already done" state the

@@ -2,7 +2,7 @@
 
 One implementation for three platforms, told apart by the endpoint: MTurk production,
 the MTurk sandbox, and the bundled crowd server (``labelprop crowd-server``, also reached
-as ``crowd.backend = "server"``).  Every call goes through :func:`orchestrator.mturk.call`
+as ``crowd.backend = "server"``).  Every call goes through :func:`orchestrator.crowd.mturk.call`
 (ServiceFault retried with backoff; botocore retries throttling and transport errors in
 adaptive mode); what remains is mapped to the portable errors of
 :mod:`orchestrator.crowd.backends.base`.
@@ -31,7 +31,7 @@ from orchestrator.crowd.backends.base import (ALREADY_EXISTS, INVALID_STATE, NOT
                                               PlatformUnavailable, PublishResult, QualificationTest,
                                               Submission, TaskInfo, TaskItem, TaskRef, TaskType)
 from orchestrator.crowd.ledger import MTURK_FEES
-from orchestrator.mturk import (LOCALE, MASTERS_PRODUCTION, MASTERS_SANDBOX, NUMBER_APPROVED, PERCENT_APPROVED,
+from orchestrator.crowd.mturk import (LOCALE, MASTERS_PRODUCTION, MASTERS_SANDBOX, NUMBER_APPROVED, PERCENT_APPROVED,
                                 PRODUCTION_URL, SANDBOX_URL, TurkError, call, existing_hit_id, make_client,
                                 paginate, resolve_endpoint)
 
@@ -116,7 +116,7 @@ def _locale_ok(have: tuple[str, str], wanted: tuple[str, ...]) -> bool:
 
 
 class ServerAssetMirror:
-    """The bundled crowd server's asset route, as a mirror for :class:`~orchestrator.assets.LocalAssetStore`:
+    """The bundled crowd server's asset route, as a mirror for :class:`~orchestrator.crowd.assets.LocalAssetStore`:
     ``exists`` asks ``HEAD /assets/<name>``, ``put`` uploads with ``POST /assets/<name>`` signed by the
     boto3 client's own SigV4 signer (the requester's key, as for every Requester API call)."""
 
@@ -293,7 +293,7 @@ class MTurkBackend:
                                 AssignmentStatuses=["Submitted", "Approved", "Rejected"])]
 
     def parse_answers(self, raw_answer: str) -> dict[str, str]:
-        from orchestrator.quality import parse_answers
+        from orchestrator.crowd.quality import parse_answers
 
         return parse_answers(raw_answer)
 

@@ -44,7 +44,7 @@ from orchestrator.crowd.backends.base import INVALID_STATE, REQUEST, BackendErro
 from orchestrator.crowd.backends.prolific_api import PROLIFIC_ACADEMIC, ProlificClient, prolific_fees
 from orchestrator.crowd.ledger import cents
 from orchestrator.crowd.prolific_store import ProlificBonusPay, ProlificStudy, ProlificSubmission
-from orchestrator.store import log_event, read_session, transaction, utcnow
+from orchestrator.campaign.store import log_event, read_session, transaction, utcnow
 
 __all__ = ["ProlificBackend", "place_money", "external_study_url", "REJECT_MESSAGES"]
 
@@ -168,7 +168,7 @@ class ProlificBackend:
 
     # ------------------------------------------------------------ the pass
     def platform_pass(self, ctx) -> dict:
-        from orchestrator.posting import ledger
+        from orchestrator.crowd.posting import ledger
 
         internal = f"labelprop:{ctx.uid}"
         codes = self.codes()
@@ -186,7 +186,7 @@ class ProlificBackend:
         return {}
 
     def _study(self, ctx, internal: str, codes: dict) -> ProlificStudy | None:
-        from orchestrator.posting import ledger
+        from orchestrator.crowd.posting import ledger
 
         cc, pc = ctx.cfg.crowd, ctx.cfg.crowd.prolific
         st = _load(ctx.engine, ProlificStudy, internal)
@@ -251,7 +251,7 @@ class ProlificBackend:
                     row.hits = int(info.get("hits_submitted", row.hits))
 
     def _decide(self, ctx, st: ProlificStudy, codes: dict) -> None:
-        from orchestrator.crowd_store import CrowdAssignment, CrowdWorker
+        from orchestrator.crowd.crowd_store import CrowdAssignment, CrowdWorker
 
         kinds = {v: k for k, v in codes.items()}
         with transaction(ctx.engine) as s:
@@ -317,7 +317,7 @@ class ProlificBackend:
             ctx.stats["prolific_" + want.lower()] += 1
 
     def _bonus_intents(self, ctx, st: ProlificStudy) -> None:
-        from orchestrator.crowd_store import CrowdAssignment, CrowdBonus
+        from orchestrator.crowd.crowd_store import CrowdAssignment, CrowdBonus
 
         pc = ctx.cfg.crowd.prolific
         with transaction(ctx.engine) as s:
@@ -341,7 +341,7 @@ class ProlificBackend:
                 r.bonus_checked = True
 
     def _places(self, ctx, st: ProlificStudy, led) -> None:
-        from orchestrator.crowd_store import OPEN_INTENT, HitIntent
+        from orchestrator.crowd.crowd_store import OPEN_INTENT, HitIntent
 
         pc = ctx.cfg.crowd.prolific
         with read_session(ctx.engine) as s:
@@ -443,7 +443,7 @@ class ProlificBackend:
 
 def _factory(campaign_dir, cfg, engine, opts: BackendOptions) -> ProlificBackend:
     from orchestrator.crowd.backends.mturk import MTurkBackend
-    from orchestrator.mturk import make_client, resolve_endpoint
+    from orchestrator.crowd.mturk import make_client, resolve_endpoint
 
     cc = cfg.crowd
     client = opts.client

@@ -13,7 +13,7 @@ campaign's own store (``sim_*``) and its workers answer from ground truth:
   ``1 - accuracy``, drawn from (campaign seed, worker, item), so a rerun answers the same;
   a spammer answers at random.  Empty: one worker, ``sim-0``, wrong with probability
   ``crowd.simulated.error_rate`` (``labelprop run --error-rate``) with the flips of
-  :class:`~orchestrator.annotators.SimulatedAnnotators` (fixed per mask), so a campaign run
+  :class:`~orchestrator.crowd.annotators.SimulatedAnnotators` (fixed per mask), so a campaign run
   through the poll path answers exactly like the in-memory simulation;
 * work happens when the poll pass asks what is ready (``list_ready``): every open HIT is
   taken, in posting order, by the next eligible workers in rotation (not blocked, meeting
@@ -130,7 +130,7 @@ class SimulatedBackend:
 
     def __init__(self, engine, *, ious: np.ndarray, kiou: float, gold_labels: dict[int, int], seed: int,
                  workers: str = "", error_rate: float = 0.0, seconds_per_question: float = 1.5):
-        from orchestrator.annotators import SimulatedAnnotators
+        from orchestrator.crowd.annotators import SimulatedAnnotators
         from orchestrator.crowd_server.simulated_workers import WorkerProfile, parse_workers_spec
 
         self.engine = engine
@@ -160,12 +160,12 @@ class SimulatedBackend:
 
     # ------------------------------------------------------------ transactions
     def _tx(self):
-        from orchestrator.store import transaction
+        from orchestrator.campaign.store import transaction
 
         return transaction(self.engine)
 
     def _ro(self):
-        from orchestrator.store import read_session
+        from orchestrator.campaign.store import read_session
 
         return read_session(self.engine)
 
@@ -454,8 +454,8 @@ class SimulatedBackend:
 
 
 def _factory(campaign_dir, cfg, engine, opts: BackendOptions) -> SimulatedBackend:
-    from orchestrator.crowd_store import Gold
-    from orchestrator.store import Mask, read_session
+    from orchestrator.crowd.crowd_store import Gold
+    from orchestrator.campaign.store import Mask, read_session
 
     with read_session(engine) as s:
         rows = s.execute(select(Mask.id, Mask.iou)).all()

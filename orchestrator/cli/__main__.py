@@ -1,0 +1,4 @@
+"""``python -m orchestrator.cli``: the ``labelprop`` command."""
+from orchestrator.cli.app import main
+
+main()
