@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from orchestrator.errors import LabelpropError
+from orchestrator.search.params import ParamError
 
 __all__ = ["init_campaign", "cluster_campaign", "check_clustering", "campaign_status",
            "build_forest_parallel", "resolve_cluster_params", "gold_mask_ids"]
@@ -155,13 +156,13 @@ def resolve_cluster_params(cfg, d: int, score_weight: float | None = None,
     ps = cfg.clustering.part_size if part_size is None else part_size
     nr = cfg.clustering.reps if reps is None else reps
     if sw < 0:
-        raise LabelpropError(f"--score-weight must be >= 0, got {sw}")
+        raise ParamError("score_weight", f"must be >= 0, got {sw}")
     if el != 0 and el < 2:
-        raise LabelpropError(f"--exact-limit must be at least 2 (or 0: from the machine's memory), got {el}")
+        raise ParamError("exact_limit", f"must be at least 2 (or 0: from the machine's memory), got {el}")
     if ps < 2:
-        raise LabelpropError(f"--part-size must be at least 2, got {ps}")
+        raise ParamError("part_size", f"must be at least 2, got {ps}")
     if nr < 1:
-        raise LabelpropError(f"--reps must be at least 1, got {nr}")
+        raise ParamError("reps", f"must be at least 1, got {nr}")
     if el == 0:
         el = default_exact_limit(total_memory(), d)
     return ClusterParams(score_weight=float(sw), exact_limit=int(el), seed=cfg.campaign.seed,
@@ -194,7 +195,7 @@ def cluster_campaign(campaign_dir, db: str | None = None, score_weight: float | 
     cfg = load_config(campaign_dir)
     d_ = Path(campaign_dir)
     if jobs < 1:
-        raise LabelpropError(f"--jobs must be at least 1, got {jobs}")
+        raise ParamError("jobs", f"must be at least 1, got {jobs}")
     if ray is not None and not str(ray).strip():
         raise LabelpropError("--ray: give the address of a Ray cluster (host:port or ray://host:port)")
     limit = None
@@ -309,9 +310,9 @@ def check_clustering(campaign_dir, db: str | None = None, class_id: int | None =
 
     cfg = load_config(campaign_dir)
     if masks < 2:
-        raise LabelpropError(f"--check-masks must be at least 2, got {masks}")
+        raise ParamError("check_masks", f"must be at least 2, got {masks}")
     if seeds < 1:
-        raise LabelpropError(f"--check-seeds must be at least 1, got {seeds}")
+        raise ParamError("check_seeds", f"must be at least 1, got {seeds}")
     engine = open_store(campaign_dir, db)
     with read_session(engine) as s:
         if count_rows(s, Mask) == 0:

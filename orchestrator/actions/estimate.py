@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.errors import LabelpropError
+from orchestrator.search.params import ParamError
 
 __all__ = ["estimate_data"]
 
@@ -20,7 +20,7 @@ def estimate_data(campaign_dir: Path, db: Optional[str] = None, runs: int = 3) -
     from orchestrator.campaign.store import read_session
 
     if runs < 1:
-        raise LabelpropError(f"--runs must be at least 1, got {runs}")
+        raise ParamError("runs", f"must be at least 1, got {runs}")
     cs = CampaignSearch(campaign_dir, db)
     cc = cs.cfg.crowd
     with read_session(cs.engine) as s:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.errors import LabelpropError
+from orchestrator.search.params import ParamError
 
 __all__ = ["add_gold"]
 
@@ -55,7 +56,7 @@ def add_gold(campaign_dir, *, results=None, images=None, image_root=None, from_m
         if results is not None:
             raise LabelpropError("gold: give --results ... or --from-masks N, not both")
         if from_masks < 1:
-            raise LabelpropError(f"--from-masks must be at least 1, got {from_masks}")
+            raise ParamError("from_masks", f"must be at least 1, got {from_masks}")
         _refuse_once_searching(engine, d)
         with read_session(engine) as s:
             ms = s.execute(select(Mask.id, Mask.iou, Mask.rle, Mask.bbox, Image.file_name, Category.name)

@@ -15,11 +15,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
 import numpy as np
 
 from orchestrator.errors import LabelpropError
+from orchestrator.search.params import ParamError
 from orchestrator.campaign.iterate import PREP_STEPS, OverlapRule, RoundPlan, detect_argv, overlapping, \
     train_argv
 
@@ -318,7 +319,7 @@ def iterate_campaign(campaign_dir, *, db: str | None = None, train_data: list | 
     cfg = load_config(d)
     rule = OverlapRule(iou=cfg.iterate.overlap_iou, inside=cfg.iterate.overlap_inside)
     if iters is not None and iters < 1:
-        raise LabelpropError(f"--iters must be at least 1, got {iters}")
+        raise ParamError("iters", f"must be at least 1, got {iters}")
     engine = open_store(d, db)
     opts = {"train_data": train_data, "train_roots": train_roots, "images": images,
             "image_root": image_root, "weights": weights, "iters": iters, "batch": batch,

@@ -12,6 +12,7 @@ from orchestrator.crowd.annotators import SECONDS_PER_QUESTION
 from orchestrator.atomic import json_safe
 from orchestrator.crowd.cost import CostModel as _CM
 from orchestrator.errors import LabelpropError
+from orchestrator.search.params import ParamError
 from orchestrator.search.search import SearchParams as _SP
 from orchestrator.search.simulate import DEMO_STRATEGIES
 
@@ -55,11 +56,11 @@ def run_simulation(triplets_path: Path, strategies: list[str], *, ns: int = _SP.
                           leaf_rule=leaf_rule or d.leaf_rule, acceptance=acceptance or d.acceptance,
                           risk_masks=d.risk_masks if risk_masks is None else risk_masks, curve=curve)
     if budget_questions is not None and budget_questions < 0:
-        raise LabelpropError(f"--budget-questions must be >= 0, got {budget_questions}")
+        raise ParamError("budget_questions", f"must be >= 0, got {budget_questions}")
     if seconds_per_question <= 0:
-        raise LabelpropError(f"--seconds-per-question must be > 0, got {seconds_per_question}")
+        raise ParamError("seconds_per_question", f"must be > 0, got {seconds_per_question}")
     if oracle and any(s not in TREE_STRATEGIES for s in strategies):
-        raise LabelpropError(f"--oracle applies to the tree searches only ({', '.join(TREE_STRATEGIES)})")
+        raise ParamError("oracle", f"applies to the tree searches only ({', '.join(TREE_STRATEGIES)})")
     t = load_triplets(triplets_path)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from orchestrator.actions.campaign import campaign_status, check_clustering, cluster_campaign, init_campaign
+from orchestrator.cli.options import flag_names
 from orchestrator.errors import LabelpropError
 
 __all__ = ["register"]
@@ -208,8 +209,9 @@ def cluster_cmd(
         def say(msg: str) -> None:
             console.print(f"[bright_black]labelprop: {msg}[/]")
 
-        rep = check_clustering(campaign_dir, db, check_class, check_masks, check_seeds,
-                               score_weight, part_size, reps, max_memory, say=say)
+        with flag_names():
+            rep = check_clustering(campaign_dir, db, check_class, check_masks, check_seeds,
+                                   score_weight, part_size, reps, max_memory, say=say)
         if as_json:
             from orchestrator.atomic import json_safe
 
@@ -249,9 +251,10 @@ def cluster_cmd(
                     bar.remove_task(tasks[c])
             bar.refresh()
 
-        summary = cluster_campaign(campaign_dir, db, score_weight, exact_limit, jobs, force,
-                                   progress, part_size, reps, ray, max_memory,
-                                   tick=bar.refresh, plan=plan)
+        with flag_names():
+            summary = cluster_campaign(campaign_dir, db, score_weight, exact_limit, jobs, force,
+                                       progress, part_size, reps, ray, max_memory,
+                                       tick=bar.refresh, plan=plan)
     if as_json:
         _echo_json(summary)
         return

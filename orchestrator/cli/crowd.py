@@ -21,6 +21,7 @@ from typing import Optional
 import typer
 
 from orchestrator.actions.gold import add_gold
+from orchestrator.cli.options import flag_names
 from orchestrator.errors import LabelpropError
 
 DB_HELP = "SQLAlchemy URL overriding the campaign's store."
@@ -108,8 +109,9 @@ def gold_cmd(
     balance: bool = typer.Option(True, "--balance/--no-balance", help="As many known yes as known no."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
-    out = add_gold(campaign_dir, results=results, images=images, image_root=image_root, from_masks=from_masks,
-                   limit=limit, balance=balance, db=db)
+    with flag_names():
+        out = add_gold(campaign_dir, results=results, images=images, image_root=image_root,
+                       from_masks=from_masks, limit=limit, balance=balance, db=db)
     typer.echo(f"{campaign_dir}: added {out['added']} gold questions ({out['yes']} known yes; "
                f"{out['test']} for the qualification test, {out['hit']} hidden in HITs)"
                + ("; trees rebuilt without them" if out["reclustered"] else ""))

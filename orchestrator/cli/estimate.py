@@ -8,6 +8,7 @@ import typer
 
 from orchestrator.actions.estimate import estimate_data
 from orchestrator.cli.display import print_estimate
+from orchestrator.cli.options import flag_names
 
 ESTIMATE_HELP = """Estimate what a campaign will ask and cost, before anything is posted.
 
@@ -27,7 +28,9 @@ def estimate_cmd(
     runs: int = typer.Option(3, "--runs", help="Simulated finishes to average."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    print_estimate(campaign, estimate_data(campaign, db, runs), json_out)
+    with flag_names():
+        out = estimate_data(campaign, db, runs)
+    print_estimate(campaign, out, json_out)
 
 
 def register(app: typer.Typer) -> None:

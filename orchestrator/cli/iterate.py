@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from orchestrator.actions.iterate import iterate_campaign
+from orchestrator.cli.options import flag_names
 
 __all__ = ["register"]
 
@@ -68,13 +69,14 @@ def iterate_cmd(
         if not quiet:
             typer.secho(f"labelprop: {msg}", err=True, fg=typer.colors.BRIGHT_BLACK)
 
-    info = iterate_campaign(campaign_dir, db=db, train_data=[str(p) for p in train_data or []],
-                            train_roots=[str(p) for p in train_root or []],
-                            images=str(images) if images else None,
-                            image_root=str(image_root) if image_root else None,
-                            weights=str(weights) if weights else None, iters=iters, batch=batch,
-                            preset=preset, gt=str(gt) if gt else None, threads=threads,
-                            device=device, quiet=quiet, say=say)
+    with flag_names():
+        info = iterate_campaign(campaign_dir, db=db, train_data=[str(p) for p in train_data or []],
+                                train_roots=[str(p) for p in train_root or []],
+                                images=str(images) if images else None,
+                                image_root=str(image_root) if image_root else None,
+                                weights=str(weights) if weights else None, iters=iters, batch=batch,
+                                preset=preset, gt=str(gt) if gt else None, threads=threads,
+                                device=device, quiet=quiet, say=say)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
