@@ -80,15 +80,25 @@ else:
     t = make_triplets({n}, classes=1, dim={dim}, seed=1)
     feats, scores, ious = t.features, t.scores, t.ious
 x = embed(feats, scores)
-t0 = time.perf_counter()
-rep = fidelity_report(x, scores, ious, ClusterParams(seed=0), SearchParams(), seeds=range({seeds}),
-                      class_masks={class_masks})
-rep["wall_s"] = round(time.perf_counter() - t0, 1)
-import resource
-rep["cpu_s"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime, 1)
-rep["dim"] = {dim}
-rep["data"] = {data!r}
-print(json.dumps(rep))
+# the exact and jittered-exact trees are the same for every variant: computed once
+import hashlib, clustering.linkage as L
+_exact, _memo = L.exact_linkage, {{}}
+def _memo_exact(a, *args, **kw):
+    key = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+    if key not in _memo:
+        _memo[key] = _exact(a, *args, **kw)
+    return _memo[key].copy()
+L.exact_linkage = _memo_exact
+out = {{}}
+for cm in {class_masks!r}:
+    t0 = time.perf_counter()
+    rep = fidelity_report(x, scores, ious, ClusterParams(seed=0), SearchParams(), seeds=range({seeds}),
+                          class_masks=cm or None)
+    rep["wall_s"] = round(time.perf_counter() - t0, 1)
+    rep["dim"] = {dim}
+    rep["data"] = {data!r}
+    out["own" if not cm else f"as_class_{{cm}}"] = rep
+print(json.dumps(out))
 """
 
 
@@ -220,12 +230,11 @@ def main() -> None:
         for kind in kinds:
             for n in sizes:
                 d = 16 if kind == "triplets" else 64
-                for cm in a.as_class:
-                    res = run_case(FIDELITY.format(root=ROOT, bench=os.path.dirname(os.path.abspath(__file__)),
-                                                   data=kind, n=n, dim=d, seeds=a.seeds,
-                                                   class_masks=cm or None))
-                    print(json.dumps(res)[:600], file=sys.stderr, flush=True)
-                    out[f"fidelity_{kind}_{n}_{d}d" + (f"_as_class_{cm}" if cm else "")] = res
+                res = run_case(FIDELITY.format(root=ROOT, bench=os.path.dirname(os.path.abspath(__file__)),
+                                               data=kind, n=n, dim=d, seeds=a.seeds,
+                                               class_masks=list(a.as_class)))
+                print(json.dumps(res)[:600], file=sys.stderr, flush=True)
+                out[f"fidelity_{kind}_{n}_{d}d"] = res
     out["machine"]["load_average_end"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 
