@@ -106,7 +106,7 @@ def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, 
     r = pair_correlations(x, [exact, two, jit], seed=params.seed)
     out = {
         "masks": n, "parts": len(parts), "part_size": params.part_size, "reps": params.n_reps,
-        "atom_size": atom_size, "class_masks": class_masks, "reps_per_atom": cap,
+        "atom_size": atom_size, "as_class_masks": class_masks, "reps_per_atom": cap,
         "jitter": jitter, "seconds": secs,
         "cophenetic_correlation": {"two_level_vs_exact": float(r[0, 1]),
                                    "jittered_exact_vs_exact": float(r[0, 2])},
