@@ -69,6 +69,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[20_000, 200_000, 1_000_000])
     ap.add_argument("--risk-masks", type=float, nargs="*", default=[SearchParams.risk_masks])
+    ap.add_argument("--bad-margins", type=float, nargs="*", default=[SearchParams.bad_margin],
+                    help="size-aware: q0 = K_a - bad margin (every risk x margin pair is run)")
+    ap.add_argument("--max-answers", type=int, nargs="*", default=[SearchParams.max_answers],
+                    help="size-aware: most answers one node collects (0: 10 N_s)")
     ap.add_argument("--orders", nargs="*", default=["heuristic", "value"])
     ap.add_argument("--error-rate", type=float, default=0.0)
     ap.add_argument("--exact-limit", type=int, default=DEFAULT_EXACT_LIMIT,
@@ -85,9 +89,11 @@ def main() -> None:
         for order in args.orders:
             variants = [("oracle", SearchParams(strategy=order, oracle=True)),
                         ("fixed", SearchParams(strategy=order))]
-            variants += [(f"size-aware risk {rm:g}", SearchParams(strategy=order, acceptance="size-aware",
-                                                                  risk_masks=rm))
-                         for rm in args.risk_masks]
+            variants += [(f"size-aware risk {rm:g}" + (f" margin {bm:g}" if len(args.bad_margins) > 1 else "")
+                          + (f" cap {mx}" if len(args.max_answers) > 1 else ""),
+                          SearchParams(strategy=order, acceptance="size-aware", risk_masks=rm,
+                                       bad_margin=bm, max_answers=mx))
+                         for rm in args.risk_masks for bm in args.bad_margins for mx in args.max_answers]
             for name, p in variants:
                 ann = SimulatedAnnotators(ious, 0.75, error_rate=args.error_rate, seed=0)
                 t0 = time.perf_counter()

@@ -13,10 +13,14 @@ campaign's.  Prints one JSON object.
     .venv/bin/python bench/cluster_scale.py --case exact    # exact linkage of 70,000 masks (~19 GiB)
     .venv/bin/python bench/cluster_scale.py --case one --n 1000000 --dim 64
     .venv/bin/python bench/cluster_scale.py --quick         # small sizes (CI-sized)
+    .venv/bin/python bench/cluster_scale.py --case fidelity --data both --as-class 0 1000000
 
 Cases: ``one`` (one class, two-level: 50k, 200k, 1M, 5M at 64-d; 50k, 200k, 1M at 256-d),
 ``classes`` (10 classes of 100k, --jobs 2), ``exact`` (one class of 70k, exact),
-``fidelity`` (two-level against exact at 20k and 40k, synthetic triplets).
+``fidelity`` (two-level against exact at 20k and 40k, on synthetic triplets and on a
+hierarchical Gaussian mixture, each next to the noise floor: the exact tree of the same
+masks after a 1% jitter; ``--as-class 1000000`` also builds the two-level tree with the
+atoms and representatives a class of 1M masks gets).
 """
 from __future__ import annotations
 
@@ -67,17 +71,55 @@ import numpy as np
 from clustering.build import ClusterParams, embed
 from orchestrator.campaign.cluster_check import fidelity_report
 from orchestrator.search.search import SearchParams
-from orchestrator.search.synth import make_triplets
-t = make_triplets({n}, classes=1, dim={dim}, seed=1)
-x = embed(t.features, t.scores)
-t0 = time.perf_counter()
-rep = fidelity_report(x, t.scores, t.ious, ClusterParams(seed=0), SearchParams(), seeds=range({seeds}))
-rep["wall_s"] = round(time.perf_counter() - t0, 1)
-import resource
-rep["cpu_s"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime, 1)
-rep["dim"] = {dim}
-print(json.dumps(rep))
+sys.path.insert(0, {bench!r})
+from cluster_scale import hier_gmm
+if {data!r} == "hier":
+    feats, scores, ious = hier_gmm({n}, dim={dim}, seed=1)
+else:
+    from orchestrator.search.synth import make_triplets
+    t = make_triplets({n}, classes=1, dim={dim}, seed=1)
+    feats, scores, ious = t.features, t.scores, t.ious
+x = embed(feats, scores)
+# the exact and jittered-exact trees are the same for every variant: computed once
+import hashlib, clustering.linkage as L
+_exact, _memo = L.exact_linkage, {{}}
+def _memo_exact(a, *args, **kw):
+    key = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+    if key not in _memo:
+        _memo[key] = _exact(a, *args, **kw)
+    return _memo[key].copy()
+L.exact_linkage = _memo_exact
+out = {{}}
+for cm in {class_masks!r}:
+    t0 = time.perf_counter()
+    rep = fidelity_report(x, scores, ious, ClusterParams(seed=0), SearchParams(), seeds=range({seeds}),
+                          class_masks=cm or None)
+    rep["wall_s"] = round(time.perf_counter() - t0, 1)
+    rep["dim"] = {dim}
+    rep["data"] = {data!r}
+    out["own" if not cm else f"as_class_{{cm}}"] = rep
+print(json.dumps(out))
 """
+
+
+def hier_gmm(n: int, dim: int = 64, top: int = 20, sub: int = 10, seed: int = 1,
+             top_spread: float = 6.0, sub_spread: float = 2.0):
+    """Hierarchical Gaussian mixture: ``top`` clusters, each of ``sub`` sub-clusters, unit
+    noise (centres N(0, top_spread^2), sub-centres around them N(0, sub_spread^2) per
+    coordinate).  Each sub-cluster is good (IoUs about 0.86) with probability 0.6, else bad
+    (about 0.5); a mask's score is its IoU plus noise.  Returns ``(features float32,
+    scores, ious)``: data with a real hierarchy, where a tree can be faithful or not."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tc = rng.normal(scale=top_spread, size=(top, dim))
+    sc = (tc[:, None, :] + rng.normal(scale=sub_spread, size=(top, sub, dim))).reshape(-1, dim)
+    good = rng.random(top * sub) < 0.6
+    lab = rng.integers(0, top * sub, n)
+    feats = (sc[lab] + rng.normal(size=(n, dim))).astype(np.float32)
+    ious = np.clip(np.where(good[lab], 0.86, 0.5) + rng.normal(scale=0.08, size=n), 0.0, 1.0)
+    scores = np.clip(ious + rng.normal(scale=0.1, size=n), 0.0, 1.0)
+    return feats, scores.astype(np.float32), ious
 
 
 def _tree_rss(pid: int) -> int:
@@ -160,6 +202,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="small sizes only")
     ap.add_argument("--seeds", type=int, default=5, help="sampled searches per tree (fidelity)")
+    ap.add_argument("--data", choices=["triplets", "hier", "both"], default="both",
+                    help="fidelity data: synthetic triplets, a hierarchical Gaussian mixture, or both")
+    ap.add_argument("--sizes", type=int, nargs="*", help="fidelity sizes (default 20000 40000)")
+    ap.add_argument("--as-class", type=int, nargs="*", default=[0],
+                    help="fidelity: also build the two-level tree as a class of this many masks "
+                         "would get it (its atoms and representatives; 0: the sample's own)")
     a = ap.parse_args()
     out: dict = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()}}
     if a.case == "one" and a.n:
@@ -177,10 +225,16 @@ def main() -> None:
         n = 20_000 if a.quick else 70_000
         out[f"exact_{n}_64d"] = one_case(n, 64, exact_limit=n)
     if a.case in ("all", "fidelity"):
-        for n, d in ([(5_000, 16)] if a.quick else [(20_000, 16), (40_000, 16), (20_000, 64)]):
-            res = run_case(FIDELITY.format(root=ROOT, n=n, dim=d, seeds=a.seeds))
-            print(json.dumps(res)[:400], file=sys.stderr, flush=True)
-            out[f"fidelity_{n}_{d}d"] = res
+        kinds = ["triplets", "hier"] if a.data == "both" else [a.data]
+        sizes = a.sizes or ([5_000] if a.quick else [20_000, 40_000])
+        for kind in kinds:
+            for n in sizes:
+                d = 16 if kind == "triplets" else 64
+                res = run_case(FIDELITY.format(root=ROOT, bench=os.path.dirname(os.path.abspath(__file__)),
+                                               data=kind, n=n, dim=d, seeds=a.seeds,
+                                               class_masks=list(a.as_class)))
+                print(json.dumps(res)[:600], file=sys.stderr, flush=True)
+                out[f"fidelity_{kind}_{n}_{d}d"] = res
     out["machine"]["load_average_end"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 

@@ -54,13 +54,14 @@ def n_parts(n: int, part_size: int) -> int:
 def two_level_bytes(n: int, d: int, part_size: int, n_reps: int) -> int:
     """The process that partitions a two-level class, builds the tree over its atoms and
     stitches (the part trees themselves are :func:`parts_job_bytes`)."""
-    from clustering.twolevel import atoms_target
+    from clustering.twolevel import REP_POINTS, atoms_target
 
     a = atoms_target(n)
+    reps = max(a * n_reps, min(n, REP_POINTS))             # representatives in all
     embed = 8 * n * (d + 1) + 4 * n * d                  # held until stitched; + mapped rows
     partition = 8 * n * 4 + embed // 16                  # labels, index arrays, one k-means copy
-    top = (8 * condensed_size(a) + (64 * MiB) * 2 + 2 * 4 * a * n_reps * (d + 2)
-           + 16 * a * n_reps * (d + 1))
+    top = (8 * condensed_size(a) + (64 * MiB) * 2 + 2 * 4 * reps * (d + 2)
+           + 16 * reps * (d + 1))
     trees = 40 * n                                       # part linkage matrices + index arrays
     stitch = 450 * n                                     # its int arrays and size lists
     # + half the embedding again: at 256-d the measured peak (1M masks: 4.87 GiB) exceeded

@@ -74,7 +74,9 @@ def build_train_cfg(sources: list, opts: TrainOptions, out_dir: Path):
     if opts.iters is not None:
         cfg.SOLVER.MAX_ITER = int(opts.iters)
         steps = tuple(int(opts.iters * f) for f in (2 / 3, 8 / 9))
-        cfg.SOLVER.STEPS = tuple(s for s in steps if 0 < s < opts.iters)
+        # detectron2 needs strictly increasing milestones: at 2 or 3 iterations both fractions
+        # land on the same step
+        cfg.SOLVER.STEPS = tuple(sorted({s for s in steps if 0 < s < opts.iters}))
         cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, opts.iters // 5))
     if opts.batch is not None:
         cfg.SOLVER.IMS_PER_BATCH = int(opts.batch)

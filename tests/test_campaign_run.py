@@ -74,7 +74,7 @@ def test_campaign_equals_in_memory_simulation(tmp_path, triplets):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("search,max_kills", [({"strategy": "heuristic"}, 60),
+@pytest.mark.parametrize("search,max_kills", [({"strategy": "heuristic"}, 30),
                                               ({"strategy": "value", "acceptance": "size-aware", "risk_masks": 5.0}, 10)],
                          ids=["heuristic", "value-size-aware"])
 def test_run_killed_at_random_points_gives_the_uninterrupted_result(tmp_path, triplets, search, max_kills):

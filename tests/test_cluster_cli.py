@@ -137,6 +137,13 @@ def test_check_prints_fidelity_figures(tmp_path):
     rep = json.loads(r.out)
     assert rep["masks"] == 1200 and rep["sampled"] and rep["class_masks"] == 1500
     assert rep["parts"] >= 4
+    # the sample's two-level tree gets the atoms and representatives of the 1,500-mask class
+    from clustering.build import ClusterParams
+    from orchestrator.campaign.cluster_check import class_atoms
+
+    assert rep["as_class_masks"] == 1500
+    assert (rep["atom_size"], rep["reps_per_atom"]) == class_atoms(1500, ClusterParams(part_size=300)) \
+        == (128, 125)                                   # 12 atoms of 125: exact distances
     cc = rep["cophenetic_correlation"]
     assert 0.0 < cc["two_level_vs_exact"] <= 1.0 and 0.0 < cc["jittered_exact_vs_exact"] <= 1.0
     assert set(rep["ari"]["two_level_vs_exact"]) == {"2", "8", "32", "128", "512"}

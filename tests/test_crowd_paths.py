@@ -88,8 +88,10 @@ def test_run_survives_the_crowd_server_stopping_and_restarting(tmp_path):
     workers = "r1:accuracy=1,seed=1,tests=false;r2:accuracy=1,seed=2,tests=false"
     pool = srv.simulate(workers, TruthPolicy(camp), poll_interval=0.05)
     env = {**os.environ, **srv.env()}
-    run = subprocess.Popen(LABELPROP + ["run", str(camp), "--interval", "0.2", "--platform-wait", "300"], cwd=ROOT,
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_file = tmp_path / "run.err"           # stderr to a file: read while run is still going
+    with open(err_file, "w") as err_out:
+        run = subprocess.Popen(LABELPROP + ["run", str(camp), "--interval", "0.2", "--platform-wait", "300"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_out, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:                           # some HITs answered and processed: the campaign is under way
@@ -102,15 +104,20 @@ def test_run_survives_the_crowd_server_stopping_and_restarting(tmp_path):
             time.sleep(0.2)
         pool.stop()
         assert srv.stop() == 0                # the platform goes away (graceful stop, as for an upgrade)
-        time.sleep(4)                         # run keeps trying meanwhile
+        deadline = time.monotonic() + 240     # run notices and keeps trying (however loaded the machine)
+        while "waiting for the platform" not in err_file.read_text():
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "run did not notice that the platform went away"
+            time.sleep(0.2)
         assert run.poll() is None, run.communicate()
         srv = srv.restart()
         pool = srv.simulate(workers, TruthPolicy(camp), poll_interval=0.05)
-        out, err = run.communicate(timeout=300)
+        out, _ = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
             run.kill()
         pool.stop()
+    err = err_file.read_text()
     try:
         assert run.returncode == 0, err
         assert "waiting for the platform" in err and "finished:" in out, (out, err[-2000:])

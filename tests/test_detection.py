@@ -302,3 +302,24 @@ def test_every_preset_builds_the_same_model_family_and_scores_masks(preset, dept
     assert model.roi_heads.feature_projection.shape == (channels, 64)
     assert bool(((inst.scores >= 0) & (inst.scores <= 1)).all())
     assert torch.allclose(inst.scores, inst.class_scores * inst.pred_maskiou)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3, 4, 300])
+def test_lr_schedule_builds_for_any_iteration_count(tmp_path, iters):
+    """`train --iters 2` or `3` used to put both learning-rate drops on the same step, which
+    detectron2's scheduler refuses; the milestones must stay strictly increasing."""
+    import torch
+    from detectron2.solver import build_lr_scheduler
+
+    from detection.data import CocoSource
+    from detection.train import TrainOptions, build_train_cfg
+
+    src = CocoSource("a.json", str(tmp_path), ((1, "thing"),), 1, 1)
+    cfg = build_train_cfg([src], TrainOptions(preset="tiny", iters=iters), tmp_path)
+    steps = list(cfg.SOLVER.STEPS)
+    assert steps == sorted(set(steps)) and all(0 < s < iters for s in steps)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = build_lr_scheduler(cfg, opt)
+    for _ in range(iters):
+        opt.step()
+        sched.step()

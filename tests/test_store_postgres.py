@@ -39,7 +39,7 @@ def pg():
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "t.npz"
-    save_triplets(path, make_triplets(2000, classes=3, dim=8, seed=11))
+    save_triplets(path, make_triplets(1200, classes=3, dim=8, seed=11))
     return path
 
 

@@ -171,3 +171,54 @@ def test_embed_is_elementwise_given_class_statistics():
     idx = np.arange(500)
     st = class_stats(t.features, t.scores, idx)
     np.testing.assert_array_equal(embed_rows(t.features, t.scores, idx[100:130], st), x[100:130])
+
+
+# ------------------------------------------------------------------------- distances between atoms
+@pytest.mark.parametrize("sizes", [[3, 3, 3, 3, 2], [1, 40, 2, 7, 90, 1, 5]])
+def test_part_distances_are_the_max_over_representative_pairs(sizes):
+    """Equal counts (padded, strided maxima) and very unequal ones (segmented maxima), in
+    several blocks: both give max(diam A, diam B, max over pairs) of a brute force."""
+    from scipy.spatial.distance import cdist
+
+    from clustering.twolevel import part_distances
+
+    rng = np.random.default_rng(len(sizes))
+    reps = [rng.normal(size=(k, 5)) + 20.0 for k in sizes]
+    diam = rng.random(len(sizes)) * 3.0
+    want = [max(diam[a], diam[b], cdist(reps[a], reps[b]).max())
+            for a in range(len(sizes)) for b in range(a + 1, len(sizes))]
+    got = part_distances(reps, diam, block_bytes=4 * 3 * sum(sizes))     # a few rows per block
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_rep_cap_fills_the_budget():
+    from clustering.twolevel import rep_cap
+
+    assert rep_cap([5, 100, 30], 8, rep_points=1000) == 100           # all fit: exact
+    assert rep_cap([5, 100, 30], 8, rep_points=60) == 20              # 3 atoms x 20 <= 60
+    assert rep_cap([50] * 10, 8, rep_points=20) == 8                  # the floor
+    assert rep_cap([], 8) == 8
+
+
+def test_small_class_gets_exact_distances_between_atoms():
+    """Below REP_POINTS masks every mask represents itself: the tree over atoms is exact
+    complete linkage over the atoms (their merges at the true diameters of the unions)."""
+    from scipy.spatial.distance import cdist
+
+    x = _blobs(1200, seed=11)
+    parts = partition(x, 200, 0)
+    trees = part_trees(x, parts)
+    Z = assemble(x, parts, trees, n_reps=2, atom_size=40)
+    few = assemble(x, parts, trees, n_reps=2, atom_size=40, rep_points=0)   # 2 reps per atom
+    _check_tree(Z, 1200)
+    tau = atom_threshold(trees, 30)
+    # every merge above the atoms is at the diameter of the union it creates
+    f = Forest.from_linkage(Z, np.zeros(1200))
+    top = np.flatnonzero(Z[:, 2] > tau) + 1200
+    for node in top[-20:]:
+        m = f.masks(node)
+        assert f.height[node] == pytest.approx(cdist(x[m], x[m]).max(), rel=1e-4)
+    ff = Forest.from_linkage(few, np.zeros(1200))
+    short = [abs(ff.height[v] - cdist(x[ff.masks(v)], x[ff.masks(v)]).max()) > 1e-3
+             for v in np.flatnonzero(few[:, 2] > tau)[-20:] + 1200]
+    assert any(short)                                                  # 2 reps fall short

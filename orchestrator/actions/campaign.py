@@ -361,7 +361,7 @@ def check_clustering(campaign_dir, db: str | None = None, class_id: int | None =
     atom_size = max(params.atom_size, -(-n_full // atoms_target(n_full, params.atom_size)))
     rep = fidelity_report(x, scores[sample], None if ious is None else np.asarray(ious)[sample],
                           params, search, seeds=[cfg.campaign.seed + i for i in range(seeds)], say=say,
-                          atom_size=atom_size)
+                          atom_size=atom_size, class_masks=n_full if m < n_full else None)
     return {"campaign": str(campaign_dir), "class": int(class_id), "class_masks": int(idx.shape[0]),
             "sampled": m < idx.shape[0], "score_weight": params.score_weight,
             "search_strategy": None if search is None else search.strategy, **rep}

@@ -20,12 +20,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["fidelity_report", "CUTS", "JITTER"]
+__all__ = ["fidelity_report", "class_atoms", "CUTS", "JITTER"]
 
 #: Flat cuts (number of clusters) at which the ARI is reported.
 CUTS = (2, 8, 32, 128, 512, 2048)
 #: Jitter of the yardstick tree, as a fraction of each coordinate's standard deviation.
 JITTER = 0.01
+
+
+def class_atoms(n: int, params) -> tuple[int, int]:
+    """``(atom size, representatives per atom)`` of the two-level tree of a class of ``n``
+    masks: about ``n / atoms_target(n)`` masks per atom, and the cap :func:`rep_cap` gives
+    atoms of that (equal) size."""
+    from clustering.twolevel import atoms_target, rep_cap
+
+    a = atoms_target(n, params.atom_size)
+    size = -(-n // a)
+    return max(params.atom_size, size), rep_cap(np.full(a, size), params.n_reps)
 
 
 def _search(Z: np.ndarray, scores: np.ndarray, ious: np.ndarray, search, seeds: Sequence[int]) -> dict:
@@ -58,11 +69,14 @@ def _search(Z: np.ndarray, scores: np.ndarray, ious: np.ndarray, search, seeds: 
 def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, params,
                     search=None, seeds: Sequence[int] = (0, 1, 2, 3, 4), cuts: Sequence[int] = CUTS,
                     jitter: float = JITTER, say: Callable[[str], None] | None = None,
-                    atom_size: int | None = None) -> dict:
+                    atom_size: int | None = None, class_masks: int | None = None) -> dict:
     """Exact, two-level and jittered-exact trees of the rows of ``x`` compared (see module).
 
     ``atom_size`` (default ``params.atom_size``): masks per atom of the tree over atoms; a
-    sample of a larger class should use the class's own (coarser) atoms.
+    sample of a larger class should use the class's own (coarser) atoms.  ``class_masks``:
+    the size of the class the rows were sampled from; the two-level tree then gets the atoms
+    and the representatives per atom that class gets (:func:`class_atoms`), so the figures
+    describe the class's tree rather than the sample's own (finer) one.
     """
     from clustering.fidelity import ari_at_cuts, pair_correlations
     from clustering.linkage import exact_linkage
@@ -79,8 +93,11 @@ def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, 
     t = time.perf_counter()
     parts = partition(x, params.part_size, params.seed)
     atom_size = params.atom_size if atom_size is None else atom_size
+    cap = None
+    if class_masks is not None:
+        atom_size, cap = class_atoms(class_masks, params)
     two = exact if len(parts) == 1 else assemble(x, parts, part_trees(x, parts), params.n_reps,
-                                                 atom_size)
+                                                 atom_size, cap=cap)
     secs["two_level"] = round(time.perf_counter() - t, 2)
     say("exact linkage of the jittered masks (the yardstick)")
     rng = np.random.default_rng([params.seed, 7919])
@@ -89,7 +106,7 @@ def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, 
     r = pair_correlations(x, [exact, two, jit], seed=params.seed)
     out = {
         "masks": n, "parts": len(parts), "part_size": params.part_size, "reps": params.n_reps,
-        "atom_size": atom_size,
+        "atom_size": atom_size, "as_class_masks": class_masks, "reps_per_atom": cap,
         "jitter": jitter, "seconds": secs,
         "cophenetic_correlation": {"two_level_vs_exact": float(r[0, 1]),
                                    "jittered_exact_vs_exact": float(r[0, 2])},
