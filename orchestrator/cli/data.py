@@ -144,9 +144,7 @@ def calibrate(
     exact_limit: int = option(_CP, "exact_limit"),
     seed: int = typer.Option(0, "--seed", help="Seed of two-level clustering and plot subsampling."),
 ) -> None:
-    from clustering.build import ClusterParams, build_forest
-    from orchestrator.search.calibration import (calibrate_nodes, node_table, plot_calibration,
-                                          write_calibration, write_csv)
+    from orchestrator.actions.calibrate import calibrate_triplets
     from orchestrator.search.triplets import load_triplets
 
     check_unit_interval("--ka", ka)
@@ -174,22 +172,11 @@ def calibrate(
                              "R.json --features F.npy)")
     else:
         t = load_triplets(triplets, require_ious=True)
-    if t.n > 5000:
-        _say(f"clustering {t.n:,} masks in {len(set(t.classes.tolist()))} classes (complete linkage)")
-    forest = build_forest(t.features, t.scores, t.classes,
-                          ClusterParams(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
-    S, Q, sizes = node_table(forest, t.ious, kiou)
-    cal = calibrate_nodes(S, Q, sizes, ka=ka, kiou=kiou, min_size=min_size, eps=eps, bins=bins)
-    out = {"triplets": str(triplets), **cal.to_dict(), "files": {}}
-    if plot is not None:
-        out["files"]["plot_png"] = str(plot_calibration(plot, cal, t.scores, t.ious, S, Q, sizes,
-                                                        seed=seed))
-    if csv_out is not None:
-        out["files"]["curve_csv"] = str(write_csv(csv_out, cal))
-    if write is not None:
-        js, toml = write_calibration(write, cal)
-        out["files"]["calibration_json"] = str(js)
-        out["files"]["campaign_toml"] = str(toml)
+    cal, files = calibrate_triplets(
+        t, ka=ka, kiou=kiou, min_size=min_size, eps=eps, bins=bins, seed=seed, plot=plot,
+        csv_out=csv_out, write=write, say=_say,
+        cluster=_CP(score_weight=score_weight, exact_limit=exact_limit, seed=seed))
+    out = {"triplets": str(triplets), **cal.to_dict(), "files": files}
     if json_flag:
         sys.stdout.write(json.dumps(json_safe(out), indent=2) + "\n")
     else:
