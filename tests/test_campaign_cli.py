@@ -36,6 +36,31 @@ def test_config_round_trip(tmp_path):
     assert dumps_config(load_config(tmp_path)) == text
 
 
+def test_comment_header_documents_every_key_of_every_section(tmp_path):
+    """The header `init` writes is built from the sections' help metadata: every table and
+    every key of campaign.toml is explained there."""
+    save_config(tmp_path, default_config("c"))
+    text = (tmp_path / "campaign.toml").read_text()
+    header = text[:text.index("\n[")]
+    assert all(line.startswith("#") for line in header.splitlines() if line)
+    data = tomllib.loads(text)
+
+    def tables(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "class_quotas":
+                yield prefix + k, v
+                yield from tables(v, prefix + k + ".")
+
+    seen = 0
+    for title, table in tables(data):
+        block = header[header.index(f"# [{title}] "):]
+        block = block[:block.index("\n# [")] if "\n# [" in block else block
+        for key in (k for k, v in table.items() if not isinstance(v, dict) or k == "class_quotas"):
+            assert f"{key}:" in block or f"{key}," in block, (title, key)
+            seen += 1
+    assert seen > 80
+
+
 @pytest.mark.parametrize("section,key,value,message", [
     ("search", "ka", 1.5, "search.ka must be in [0, 1], got 1.5"),
     ("search", "kiou", -0.1, "search.kiou must be in [0, 1]"),

@@ -24,7 +24,7 @@ from orchestrator.atomic import atomic_write_text
 from clustering.build import ClusterParams as _CP
 from orchestrator.crowd.cost import CostModel as _CM
 from orchestrator.errors import LabelpropError
-from orchestrator.search.params import ParamError, default_of, non_negative, param, validate
+from orchestrator.search.params import ParamError, default_of, help_of, non_negative, param, validate
 from orchestrator.search.search import SearchParams as _SP
 
 __all__ = [
@@ -41,14 +41,16 @@ MAX_PRESIGN_SECONDS = 7 * 86_400   # SigV4 presigned URLs live at most 7 days
 
 @dataclass
 class CampaignSection:
-    name: str = "campaign"
-    seed: int = 0
-    created: str = ""           # ISO-8601 UTC, set by `labelprop init`
+    name: str = param("campaign", "The campaign's name.")
+    seed: int = param(0, "Every random draw derives from it.")
+    created: str = param("", "When `labelprop init` wrote this file (ISO-8601, UTC).")
 
 
 @dataclass
 class StoreSection:
-    url: str = "sqlite:///campaign.db"   # relative sqlite paths are relative to the campaign dir
+    url: str = param("sqlite:///campaign.db",
+                     "SQLAlchemy URL of the campaign store; sqlite paths are relative to this "
+                     "directory; e.g. postgresql+psycopg://user@host/db for many pollers.")
 
 
 def _section_fields(spec) -> list[tuple]:
@@ -75,106 +77,142 @@ SearchSection.__module__ = __name__
 
 @dataclass
 class ClusteringSection:
-    score_weight: float = default_of(_CP, "score_weight")
-    exact_limit: int = 0        # 0: derived from the machine's memory (about 70,000 on 24 GiB)
-    part_size: int = DEFAULT_PART_SIZE  # largest part of the two-level path
-    reps: int = DEFAULT_REPS            # representatives per part (distance between parts)
+    score_weight: float = param(default_of(_CP, "score_weight"),
+                                f"{help_of(_CP, 'score_weight')} 1.0: as much as all feature "
+                                f"dimensions together.")
+    exact_limit: int = param(0, "Classes larger than this are clustered in two levels (0: the "
+                                "largest class whose distance matrix fits in 80% of the machine's "
+                                "memory, about 70,000 masks on 24 GiB).")
+    part_size: int = param(DEFAULT_PART_SIZE, "Largest part of the two-level path (exact trees "
+                                              "inside).")
+    reps: int = param(DEFAULT_REPS, "Fewest representatives per atom for the complete-linkage "
+                                    "distance between atoms (more when the class is small).")
 
 
 @dataclass
 class IterateSection:
     # `labelprop iterate` drops a new detection that overlaps a mask accepted in an earlier
-    # round on the same image: mask IoU >= overlap_iou, or at least overlap_inside of the
-    # new mask's area inside the accepted mask (a part of an already annotated object)
-    overlap_iou: float = 0.5
-    overlap_inside: float = 0.8
+    # round on the same image
+    overlap_iou: float = param(0.5, "Drop a new detection whose mask IoU with an accepted mask "
+                                    "of the same image is at least this.")
+    overlap_inside: float = param(0.8, "Or whose area lies at least this much inside one (a "
+                                       "part of an already annotated object).")
 
 
 @dataclass
 class QualificationSection:
-    enabled: bool = True
-    questions: int = 10
-    pass_fraction: float = 0.8
-    test_duration_seconds: int = 600
-    retry_delay_seconds: int = 600     # a worker who fails the test may retake it after this (mturk: 1 day)
-    min_percent_approved: int = 0      # built-in PercentAssignmentsApproved (0: off; mturk: 95)
-    min_hits_approved: int = 0         # built-in NumberHITsApproved (0: off; mturk: 100)
-    locales: list[str] = field(default_factory=list)  # e.g. ["US", "GB"]; empty: any
-    gold_min_accuracy: float = 0.8     # soft-block workers below this gold accuracy
-    min_seconds_per_question: float = 0.3  # flag HITs answered faster than this
-    min_gold_answers: int = 10         # gold answers before a worker's answers count (or block)
-    reject_below: float = 0.5          # reject an assignment whose gold accuracy on it is below
-    reject_fast: bool = False          # reject (not only flag) implausibly fast assignments
-    hold_seconds: int = 21_600         # held answers of a worker on probation expire (re-asked)
-    test_counts_as_gold: bool = True   # the test's questions count toward a worker's gold record
+    enabled: bool = param(True, "Give the test (false: none).")
+    questions: int = param(10, "Questions of the test.")
+    pass_fraction: float = param(0.8, "Share of right answers that passes it.")
+    test_duration_seconds: int = param(600, "Time allowed for the test.")
+    retry_delay_seconds: int = param(600, "A worker who fails may retake it after this (`init "
+                                          "--backend mturk` writes MTurk's usual one day).")
+    min_percent_approved: int = param(0, "Built-in PercentAssignmentsApproved requirement (0: "
+                                         "off; `init --backend mturk` writes 95).")
+    min_hits_approved: int = param(0, "Built-in NumberHITsApproved requirement (0: off; `init "
+                                      "--backend mturk` writes 100).")
+    locales: list[str] = param(default_factory=list, help="Worker locales, e.g. [\"US\", \"GB\"] "
+                                                          "(empty: any).")
+    gold_min_accuracy: float = param(0.8, "Soft-block workers below this gold accuracy.")
+    min_seconds_per_question: float = param(0.3, "Flag HITs answered faster than this.")
+    min_gold_answers: int = param(10, "Gold answers before a worker's answers count (or block); "
+                                      "they are held until then.")
+    reject_below: float = param(0.5, "Reject an assignment whose gold accuracy on it is below "
+                                     "this.")
+    reject_fast: bool = param(False, "Reject (not only flag) implausibly fast assignments.")
+    hold_seconds: int = param(21_600, "Held answers of a worker on probation expire after this "
+                                      "(and are asked again).")
+    test_counts_as_gold: bool = param(True, "The test's answers start a worker's gold record.")
 
 
 @dataclass
 class AssetsSection:
     """Where the mask overlay images shown in HITs are published (see orchestrator/crowd/assets.py)."""
-    store: str = "local"        # local: DIR/<local_dir> served by `labelprop crowd-server --assets`; s3
-    local_dir: str = "assets"   # relative to the campaign directory
-    base_url: str = ""          # local: public URL serving local_dir at /assets/ (empty: crowd.endpoint_url)
-    s3_bucket: str = ""
-    s3_prefix: str = "labelprop/"
-    s3_region: str = ""         # empty: boto3's default
-    s3_endpoint_url: str = ""   # empty: AWS; else any S3-compatible endpoint
-    presign_seconds: int = 0    # 0: public URLs (bucket policy); > 0: presigned GET URLs valid this long
-    overlay_size: int = 384     # pixels (square JPEG)
-    overlay_context: float = 0.6  # context around the mask box, as a fraction of its larger side
+    store: str = param("local", "local: files in local_dir, served by `labelprop crowd-server "
+                                "--assets DIR` at base_url/assets/ (with the bundled crowd server "
+                                "they are also uploaded to it); s3: a bucket (it needs a CORS "
+                                "rule, see orchestrator/crowd/assets.py).")
+    local_dir: str = param("assets", "Relative to the campaign directory.")
+    base_url: str = param("", "Public URL serving local_dir at /assets/ (empty: "
+                              "crowd.endpoint_url).")
+    s3_bucket: str = param("", "The bucket of store = s3.")
+    s3_prefix: str = param("labelprop/", "Key prefix in the bucket.")
+    s3_region: str = param("", "Empty: boto3's default.")
+    s3_endpoint_url: str = param("", "Empty: AWS; else any S3-compatible endpoint.")
+    presign_seconds: int = param(0, "0: public URLs (bucket policy); else presigned GET URLs valid "
+                                    "this long (at most 604800, and longer than lifetime + "
+                                    "assignment duration).")
+    overlay_size: int = param(384, "Pixels (square JPEG).")
+    overlay_context: float = param(0.6, "Margin around the mask box, as a fraction of its larger "
+                                        "side.")
 
 
 @dataclass
 class SimulatedSection:
     """The simulated crowd of ``backend = "simulated"`` (see orchestrator/crowd/backends/simulated.py)."""
-    workers: str = ""                  # e.g. "ann:accuracy=0.95;bob:spammer"; empty: one worker
-    error_rate: float = 0.0            # the one worker's probability of a wrong answer
-    seconds_per_question: float = SECONDS_PER_QUESTION
+    workers: str = param("", "A spec such as \"ann:accuracy=0.95;bob:spammer\" (empty: one "
+                             "worker).")
+    error_rate: float = param(0.0, "That one worker's probability of a wrong answer.")
+    seconds_per_question: float = param(SECONDS_PER_QUESTION, "Simulated answering time.")
 
 
 @dataclass
 class ProlificSection:
     """The Prolific study of ``backend = "prolific"`` (see orchestrator/crowd/backends/prolific.py)."""
-    api_url: str = "https://api.prolific.com/api/v1"
-    public_url: str = ""               # the crowd server's public https URL (empty: crowd.endpoint_url)
-    account: str = "academic"          # academic (33.3% fee) | company (42.8% fee)
-    fee_permille: int = 0              # 0: the account's fee
-    min_hourly_usd: float = 8.0        # Prolific's minimum pay per hour (check yours on Prolific)
-    hits_per_place: int = 3            # HITs one place pays for (reward = hits_per_place * reward_usd)
-    extra_hits: int = 2                # more HITs a participant may do, each paid as a bonus of reward_usd
-    estimated_minutes: int = 3         # estimated_completion_time of one place (minutes)
-    places_per_step: int = 5           # places added at a time while the search needs answers
-    study_name: str = ""               # empty: crowd.title
-    wait_seconds: int = 300            # a participant finding no HIT waits this long for the next poll's HITs
-    bonus_settle_seconds: int = 3600   # a bonus pay call of unknown outcome is re-checked this long before paying again
+    api_url: str = param("https://api.prolific.com/api/v1", "Prolific's API.")
+    public_url: str = param("", "The crowd server's public https URL (empty: "
+                                "crowd.endpoint_url).")
+    account: str = param("academic", "academic (33.3% fee) | company (42.8% fee).")
+    fee_permille: int = param(0, "0: the account's fee.")
+    min_hourly_usd: float = param(8.0, "Prolific's minimum pay per hour (check yours on "
+                                       "Prolific).")
+    hits_per_place: int = param(3, "HITs one place pays for (reward = hits_per_place * "
+                                   "reward_usd).")
+    extra_hits: int = param(2, "More HITs a participant may do, each paid as a bonus of "
+                               "reward_usd.")
+    estimated_minutes: int = param(3, "estimated_completion_time of one place (minutes).")
+    places_per_step: int = param(5, "Places added at a time while the search needs answers.")
+    study_name: str = param("", "Empty: crowd.title.")
+    wait_seconds: int = param(300, "A participant finding no HIT waits this long for the next "
+                                   "poll's HITs.")
+    bonus_settle_seconds: int = param(3600, "A bonus pay call of unknown outcome is re-checked "
+                                            "this long before paying again.")
 
 
 @dataclass
 class CrowdSection:
-    backend: str = "simulated"
-    endpoint_url: str = ""      # empty: the platform's default (production or sandbox)
-    sandbox: bool = True
-    # the cost fields' defaults are the cost model's (orchestrator.crowd.cost.CostModel)
-    reward_usd: float = default_of(_CM, "reward_usd")    # per HIT (assignment)
-    questions_per_hit: int = default_of(_CM, "questions_per_hit")
-    gold_per_hit: int = default_of(_CM, "gold_per_hit")
-    assignments_per_hit: int = default_of(_CM, "assignments_per_hit")
-    max_hits_in_flight: int = 20
-    budget_usd: float = 0.0     # 0: no budget
-    title: str = "Is this object outlined correctly? (yes/no, keyboard y/n)"
-    description: str = ("Look at each highlighted object and answer whether the outline "
-                         "covers it accurately.")
-    keywords: str = "image, segmentation, yes/no, quick"
-    lifetime_seconds: int = 3 * 86_400
-    assignment_duration_seconds: int = 3_600
-    auto_approval_delay_seconds: int = 3 * 86_400
-    masters: bool = default_of(_CM, "masters")       # require the Masters qualification (+5% fee)
-    allow_unsure: bool = False  # offer an "unsure" answer (re-asked, never counted)
-    aggregation: str = "majority"   # with assignments_per_hit > 1: majority | dawid-skene
-    ordered: bool = True        # process HITs in posting order (reproducible runs)
-    max_reposts: int = 2        # re-post a HIT that expired unanswered at most this often
-    concurrency: int = 8        # parallel requests to the crowd platform
-    platform_wait_seconds: int = 900   # `run` waits this long for an unreachable platform, then stops
+    backend: str = param("simulated", "mturk | server | simulated | prolific.")
+    endpoint_url: str = param("", "Empty: the platform's default (production or sandbox).")
+    sandbox: bool = param(True, "Use the MTurk sandbox.")
+    # the cost fields' defaults and help are the cost model's (orchestrator.crowd.cost.CostModel)
+    reward_usd: float = param(default_of(_CM, "reward_usd"), help_of(_CM, "reward_usd"))
+    questions_per_hit: int = param(default_of(_CM, "questions_per_hit"),
+                                   help_of(_CM, "questions_per_hit"))
+    gold_per_hit: int = param(default_of(_CM, "gold_per_hit"), help_of(_CM, "gold_per_hit"))
+    assignments_per_hit: int = param(default_of(_CM, "assignments_per_hit"),
+                                     help_of(_CM, "assignments_per_hit"))
+    max_hits_in_flight: int = param(20, "HITs posted and not yet answered, at most.")
+    budget_usd: float = param(0.0, "0: no limit (refused by paying platforms such as MTurk "
+                                   "production); fees are added to the reward.")
+    title: str = param("Is this object outlined correctly? (yes/no, keyboard y/n)",
+                       "What workers see (with description and keywords).")
+    description: str = param("Look at each highlighted object and answer whether the outline "
+                             "covers it accurately.", "Shown to workers with the title.")
+    keywords: str = param("image, segmentation, yes/no, quick", "Where workers search for HITs.")
+    lifetime_seconds: int = param(3 * 86_400, "How long a HIT stays posted.")
+    assignment_duration_seconds: int = param(3_600, "Time a worker has for one HIT.")
+    auto_approval_delay_seconds: int = param(3 * 86_400, "Submitted work not reviewed by then is "
+                                                         "approved.")
+    masters: bool = param(default_of(_CM, "masters"), help_of(_CM, "masters"))
+    allow_unsure: bool = param(False, "Offer an \"unsure\" answer (re-asked, never counted).")
+    aggregation: str = param("majority", "With assignments_per_hit > 1: majority | dawid-skene "
+                                         "(crowd-kit).")
+    ordered: bool = param(True, "Process HITs in posting order, so a resumed or repeated run "
+                                "posts the same HITs.")
+    max_reposts: int = param(2, "Re-post a HIT that expired unanswered at most this often.")
+    concurrency: int = param(8, "Parallel requests to the crowd platform.")
+    platform_wait_seconds: int = param(900, "`run` waits this long for an unreachable platform, "
+                                            "then stops.")
     qualification: QualificationSection = field(default_factory=QualificationSection)
     assets: AssetsSection = field(default_factory=AssetsSection)
     simulated: SimulatedSection = field(default_factory=SimulatedSection)
@@ -191,79 +229,60 @@ class CampaignConfig:
     iterate: IterateSection = field(default_factory=IterateSection)
 
 
-_HEADER_TEMPLATE = """\
-# labelprop campaign configuration (written by `labelprop init`; edit freely).
-#
-# [campaign]   name; seed (every random draw derives from it); created (UTC).
-# [store]      url: SQLAlchemy URL of the campaign store. sqlite paths are relative to
-#              this directory; e.g. postgresql+psycopg://user@host/db for many pollers.
-{search}
-# [clustering] score_weight: weight of the mask score next to the features (1.0: as
-#              much as all feature dimensions together; default {score_weight}).  exact_limit: classes larger
-#              than this are clustered in two levels (0: the largest class whose distance
-#              matrix fits in 80% of the machine's memory, about 70,000 masks on 24 GiB).
-#              part_size: largest part of the two-level path (exact trees inside); reps:
-#              representatives per part for the complete-linkage distance between parts.
-# [crowd]      backend: mturk | server | simulated | prolific.  endpoint_url: empty for the
-#              platform default.  sandbox: use the MTurk sandbox.  reward_usd per HIT;
-#              questions_per_hit and gold_per_hit (hidden known answers) per HIT;
-#              assignments_per_hit (>1: replication); max_hits_in_flight; budget_usd
-#              (0: no limit, refused by paying platforms such as MTurk production;
-#              fees are added to the reward).  title, description,
-#              keywords: what workers see.  lifetime / assignment duration /
-#              auto-approval delay in seconds.  masters: require Masters (+5% fee).
-#              allow_unsure: offer "unsure" (re-asked).  aggregation (replication):
-#              majority | dawid-skene (crowd-kit).  ordered: process HITs in posting
-#              order, so a resumed or repeated run posts the same HITs.  max_reposts:
-#              re-posts of a HIT that expired unanswered.  concurrency: parallel requests.
-#              platform_wait_seconds: how long `run` waits for an unreachable platform.
-# [crowd.qualification]  a test with an answer key before the first HIT (enabled,
-#              questions, pass_fraction, test_duration_seconds, retry_delay_seconds),
-#              built-in requirements (min_percent_approved, min_hits_approved, locales;
-#              0 or empty: off; `init --backend mturk` writes MTurk's usual 95 / 100),
-#              test_counts_as_gold (the test's answers start a worker's gold record),
-#              gold_min_accuracy (soft-block below), and
-#              min_seconds_per_question (flag faster HITs), min_gold_answers (a
-#              worker's answers are held until then), reject_below (reject an assignment
-#              with lower gold accuracy), reject_fast, hold_seconds (held answers expire).
-# [crowd.assets]  where HIT images (mask overlays) are published: store = local (files in
-#              local_dir, served by `labelprop crowd-server --assets DIR` at base_url/assets/;
-#              base_url empty: crowd.endpoint_url) or s3 (s3_bucket, s3_prefix, s3_region,
-#              s3_endpoint_url; the bucket needs a CORS rule, see orchestrator/crowd/assets.py).
-#              presign_seconds: 0 for public URLs, else presigned GET URLs valid that long
-#              (at most 604800, and longer than lifetime + assignment duration).
-#              overlay_size (pixels), overlay_context (margin around the mask box).
-#              With the bundled crowd server the files are also uploaded to it.
-# [iterate]    `labelprop iterate` (retrain on accepted masks, detect again, next round)
-#              drops a new detection overlapping an accepted mask of the same image:
-#              mask IoU >= overlap_iou, or a share >= overlap_inside of the new mask's
-#              area inside the accepted one.
-# [crowd.simulated]  the crowd of backend = "simulated": workers (a spec such as
-#              "ann:accuracy=0.95;bob:spammer"; empty: one worker), error_rate (that
-#              one worker's), seconds_per_question.
-# [crowd.prolific]  the study of backend = "prolific" (README: Paid crowd on Prolific):
-#              public_url (the crowd server's https URL), account (academic 33.3% fee |
-#              company 42.8%), hits_per_place (a place pays that many times reward_usd),
-#              extra_hits (each paid as a bonus), estimated_minutes, min_hourly_usd,
-#              places_per_step, wait_seconds, bonus_settle_seconds.  The API token
-#              comes from PROLIFIC_TOKEN in the environment, never from this file.
-"""
+#: What a section is for, before its keys, in the comment header.
+_INTROS = {
+    "crowd.qualification": "A test with an answer key before the first HIT, built-in requirements "
+                           "and gold-based quality control.",
+    "crowd.assets": "Where HIT images (mask overlays) are published.",
+    "iterate": "`labelprop iterate` (retrain on accepted masks, detect again, next round).",
+    "crowd.simulated": "The crowd of backend = \"simulated\".",
+    "crowd.prolific": "The study of backend = \"prolific\" (README: Paid crowd on Prolific). The "
+                      "API token comes from PROLIFIC_TOKEN in the environment, never from this "
+                      "file.",
+}
 
+
+def _subsection(f: dataclasses.Field):
+    """The section dataclass of a field that is a nested table (``[crowd.assets]``), else None."""
+    sec = f.default_factory
+    return sec if dataclasses.is_dataclass(sec) else None
+
+
+def _sections(cls=None, prefix: str = ""):
+    """``(title, section dataclass)`` of every table of ``campaign.toml``, in file order."""
+    for f in dataclasses.fields(cls or CampaignConfig):
+        sec = _subsection(f)
+        if sec is not None:
+            yield prefix + f.name, sec
+            yield from _sections(sec, prefix + f.name + ".")
 
 
 def _comment_block(title: str, section) -> str:
-    """``# [title]  key: help ...`` for every field of ``section``, wrapped like the rest."""
+    """``# [title]  intro  key: help ...`` for every field of ``section`` with help text, wrapped
+    like the rest (keys without help are named with the one before them)."""
     import textwrap
 
-    text = "  ".join(f"{f.name}: {f.metadata['help']}" for f in dataclasses.fields(section)
-                     if f.metadata.get("help"))
-    lead = f"# [{title}]".ljust(15)
-    return "\n".join(textwrap.wrap(text, width=92, initial_indent=lead, subsequent_indent="#" + " " * 14,
-                                   break_on_hyphens=False))
+    parts = [_INTROS[title]] if title in _INTROS else []
+    bare = []
+    for f in dataclasses.fields(section):
+        if _subsection(f) is not None:
+            continue
+        h = f.metadata.get("help")
+        if h:
+            parts.append(f"{', '.join([*bare, f.name])}: {h}")
+            bare = []
+        else:
+            bare.append(f.name)
+    if bare:
+        parts.append(", ".join(bare) + ".")
+    lead = f"# [{title}] ".ljust(15)
+    return "\n".join(textwrap.wrap("  ".join(parts), width=92, initial_indent=lead,
+                                   subsequent_indent="#" + " " * 14, break_on_hyphens=False))
 
 
-_HEADER = (_HEADER_TEMPLATE.replace("{search}", _comment_block("search", SearchSection))
-           .replace("{score_weight}", str(default_of(_CP, "score_weight"))))
+_HEADER = ("# labelprop campaign configuration (written by `labelprop init`; edit freely).\n#\n"
+           + "\n".join(_comment_block(t, s) for t, s in _sections()) + "\n")
+
 
 def config_path(campaign_dir: str | os.PathLike) -> Path:
     return Path(campaign_dir) / CONFIG_NAME
