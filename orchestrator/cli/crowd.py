@@ -2,15 +2,7 @@
 ``report`` (an HTML page with plots and thumbnails), ``hits`` (list / expire / delete the
 campaign's HITs) and ``bonus`` (pay a worker a bonus, recorded as an intent first).
 
-Gold (``labelprop gold``): held-out masks with known answers, labelled yes iff their
-``iou`` >= K_iou of the campaign.  Either predictions with an ``iou`` field (a COCO
-results JSON with RLE segmentations plus the images JSON and the image root: masks that
-are not in the campaign), or ``--from-masks N``: N campaign masks with a known IoU
-(ingested with an ``iou`` field), held out of the search: they leave the trees (which are
-rebuilt at once if they were built), so they are never asked as real questions nor accepted.
-This is allowed until the search starts.  Known yes and known no are balanced (``--balance``).  The first gold
-added also fills the qualification test pool (``[crowd.qualification] questions`` items,
-half yes, half no); the rest is hidden in HITs.  Everything is drawn from the campaign seed.
+What gold is and how it is drawn: :mod:`orchestrator.actions.gold`.
 """
 from __future__ import annotations
 
