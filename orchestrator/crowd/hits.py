@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from orchestrator.crowd.backends.base import INVALID_STATE, NOT_FOUND, BackendError
 from orchestrator.crowd.crowd_store import CrowdAssignment, HitIntent
 from orchestrator.errors import LabelpropError
+from orchestrator.crowd.posting import expire_intents
 from orchestrator.campaign.store import bulk_update, log_event, read_session, transaction
 
 __all__ = ["list_hits", "expire_hits", "delete_hits"]
@@ -59,20 +59,8 @@ def expire_hits(campaign_dir, *, hit: str | None = None, db=None, options=None) 
             if todo:
                 s.execute(bulk_update(HitIntent).where(HitIntent.id.in_([i for i, _ in todo])).values(retired=1))
                 log_event(s, "hits_expire_requested", hits=[h for _, h in todo])
-        done, failed = [], []
-        for iid, hid in todo:
-            try:
-                ctx.backend.expire(hid)
-                done.append(iid)
-            except BackendError as exc:
-                if exc.code in (NOT_FOUND, INVALID_STATE):
-                    done.append(iid)
-                else:
-                    failed.append((hid, str(exc)))
-        if done:
-            with transaction(ctx.engine) as s:
-                s.execute(bulk_update(HitIntent).where(HitIntent.id.in_(done)).values(retired=2))
-        return {"done": len(done), "failed": failed}
+        failed = expire_intents(ctx, todo)
+        return {"done": len(todo) - len(failed), "failed": failed}
     finally:
         ctx.close()
 

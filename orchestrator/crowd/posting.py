@@ -344,7 +344,15 @@ def _expire_retired(ctx) -> None:
     with read_session(ctx.engine) as s:
         todo = s.execute(select(HitIntent.id, HitIntent.hit_id).where(HitIntent.retired == 1,
                                                                       HitIntent.status == "created")).all()
-    done = []
+    for hid, err in expire_intents(ctx, todo):
+        ctx.note(f"HIT {hid}: cannot expire it: {err}")
+
+
+def expire_intents(ctx, todo) -> list[tuple[str, str]]:
+    """Expire the HITs of ``todo`` (``(intent id, hit id)`` pairs) on the platform; a HIT that
+    is already gone or closed counts as expired.  Marks the expired intents ``retired = 2``
+    and returns ``(hit id, error)`` of those that could not be expired."""
+    done, failed = [], []
     for iid, hid in todo:
         try:
             ctx.backend.expire(hid)
@@ -353,10 +361,11 @@ def _expire_retired(ctx) -> None:
             if exc.code in (NOT_FOUND, INVALID_STATE):
                 done.append(iid)
             else:
-                ctx.note(f"HIT {hid}: cannot expire it: {exc}")
+                failed.append((hid, str(exc)))
     if done:
         with transaction(ctx.engine) as s:
             s.execute(bulk_update(HitIntent).where(HitIntent.id.in_(done)).values(retired=2))
+    return failed
 
 
 # ------------------------------------------------------------------------------- intents
