@@ -101,7 +101,9 @@ def gold_mask_ids(s) -> np.ndarray:
 
 
 TREES_DIR = "trees"
-_TREES_VERSION = 2          # bump when the algorithm changes what a class tree is
+# bump when the algorithm changes what a class tree is (3: representatives per atom grow to
+# 32,768 // atoms, so classes between the exact limit and ~1M masks get other trees than in 2)
+_TREES_VERSION = 3
 
 
 def _tree_fingerprint(s, params, held_out: np.ndarray) -> str:
@@ -112,7 +114,7 @@ def _tree_fingerprint(s, params, held_out: np.ndarray) -> str:
 
     src = {"v": _TREES_VERSION, "score_weight": params.score_weight,
            "exact_limit": params.exact_limit, "part_size": params.part_size,
-           "reps": params.n_reps, "seed": params.seed,
+           "reps": params.n_reps, "atom_size": params.atom_size, "seed": params.seed,
            "held_out": hashlib.sha256(np.ascontiguousarray(held_out, np.int64).tobytes()).hexdigest()}
     for name in ("features", "scores", "classes"):
         src[name] = s.get(ArrayFile, name).sha256
