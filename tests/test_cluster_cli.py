@@ -151,10 +151,15 @@ def test_check_prints_fidelity_figures(tmp_path):
     for tree in ("exact", "two_level", "jittered_exact"):
         assert srch[tree]["sampled"]["accepted_masks"] > 0 and srch[tree]["sampled"]["seeds"] == 2
         assert 0.0 < srch[tree]["oracle"]["precision"] <= 1.0
-    assert srch["two_level_vs_exact"]["accepted_masks_ratio"] > 0
+    for tree in ("two_level", "jittered_exact"):
+        c = srch[f"{tree}_vs_exact"]
+        assert c["accepted_masks_ratio"] > 0 and c["questions_ratio"] > 0
+        assert c["oracle"]["accepted_masks_ratio"] > 0 and c["oracle"]["clusters_annotated_ratio"] > 0
+        assert -1.0 <= c["oracle"]["precision_difference"] <= 1.0
     assert not (d / "forest.npz").exists()              # --check writes nothing
     r = run_cli("cluster", d, "--check", "--check-masks", "800", "--check-seeds", "1")
     assert r.code == 0 and "cophenetic correlation" in r.out and "simulated search" in r.out
+    assert "two-level / exact: sampled: accepted masks x" in r.out and "oracle: accepted masks x" in r.out
     r = run_cli("cluster", d, "--check", "--check-class", "7")
     assert r.code == 2 and "--check-class 7" in r.err
 

@@ -66,6 +66,15 @@ def _search(Z: np.ndarray, scores: np.ndarray, ious: np.ndarray, search, seeds: 
     return {"oracle": oracle, "sampled": mean}
 
 
+def _ratios(t: dict, e: dict, cost: str) -> dict:
+    """A tree's search figures against the exact tree's: accepted masks and ``cost`` as ratios,
+    precision as a difference."""
+    return {"accepted_masks_ratio": t["accepted_masks"] / e["accepted_masks"] if e["accepted_masks"] else None,
+            f"{cost}_ratio": t[cost] / e[cost] if e[cost] else None,
+            "precision_difference": (t["precision"] - e["precision"])
+            if t["precision"] is not None and e["precision"] is not None else None}
+
+
 def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, params,
                     search=None, seeds: Sequence[int] = (0, 1, 2, 3, 4), cuts: Sequence[int] = CUTS,
                     jitter: float = JITTER, say: Callable[[str], None] | None = None,
@@ -121,13 +130,12 @@ def fidelity_report(x: np.ndarray, scores: np.ndarray, ious: np.ndarray | None, 
         io = np.asarray(ious, np.float64)
         res = {name: _search(z, s, io, search, seeds) for name, z in
                (("exact", exact), ("two_level", two), ("jittered_exact", jit))}
-        e, t2 = res["exact"]["sampled"], res["two_level"]["sampled"]
-        res["two_level_vs_exact"] = {
-            "accepted_masks_ratio": t2["accepted_masks"] / e["accepted_masks"] if e["accepted_masks"] else None,
-            "questions_ratio": t2["questions"] / e["questions"] if e["questions"] else None,
-            "precision_difference": (t2["precision"] - e["precision"])
-            if t2["precision"] is not None and e["precision"] is not None else None,
-        }
+        for name in ("two_level", "jittered_exact"):
+            # sampled answers (questions asked), and the oracle (the tree's own figures, no
+            # sampling noise: clusters annotated stand for questions)
+            res[f"{name}_vs_exact"] = {**_ratios(res[name]["sampled"], res["exact"]["sampled"], "questions"),
+                                       "oracle": _ratios(res[name]["oracle"], res["exact"]["oracle"],
+                                                         "clusters_annotated")}
         out["search"] = res
     else:
         out["search"] = None

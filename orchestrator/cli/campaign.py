@@ -167,9 +167,18 @@ def _print_check(r: dict) -> None:
             vals = [srch[n][mode][k] for n in keys]
             t.add_row(f"{mode}: {k.replace('_', ' ')}", *["-" if v is None else f.format(v) for v in vals])
     con.print(t)
-    c = srch["two_level_vs_exact"]
-    con.print(f"two-level / exact (sampled): accepted masks x{c['accepted_masks_ratio']:.3f}, "
-              f"questions x{c['questions_ratio']:.3f}, precision {c['precision_difference']:+.3f}")
+    def ratio(v, f):
+        return "-" if v is None else f.format(v)
+
+    for name, label in (("two_level", "two-level"), ("jittered_exact", "jittered exact (yardstick)")):
+        c = srch[f"{name}_vs_exact"]
+        o = c["oracle"]
+        con.print(f"{label} / exact: sampled: accepted masks {ratio(c['accepted_masks_ratio'], 'x{:.3f}')}, "
+                  f"questions {ratio(c['questions_ratio'], 'x{:.3f}')}, "
+                  f"precision {ratio(c['precision_difference'], '{:+.3f}')}; "
+                  f"oracle: accepted masks {ratio(o['accepted_masks_ratio'], 'x{:.3f}')}, "
+                  f"clusters annotated {ratio(o['clusters_annotated_ratio'], 'x{:.3f}')}, "
+                  f"precision {ratio(o['precision_difference'], '{:+.3f}')}")
 
 
 def cluster_cmd(
