@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/labelprop demo --detect
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=20
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate_scale.py

@@ -57,9 +57,16 @@ import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
 from clustering.tree import Forest
-from orchestrator.crowd.annotators import SimulatedAnnotators
-from orchestrator.search.search import SearchParams
-from orchestrator.search.simulate import run_tree_search
+try:
+    from orchestrator.crowd.annotators import SimulatedAnnotators
+    from orchestrator.search.search import SearchParams
+    from orchestrator.search.simulate import run_tree_search
+    import orchestrator.search.search as search_module
+except ModuleNotFoundError:     # a checkout from before the package layout of issue 13 (--compare)
+    from orchestrator.annotators import SimulatedAnnotators
+    from orchestrator.search import SearchParams
+    from orchestrator.simulate import run_tree_search
+    import orchestrator.search as search_module
 n = {n}
 rng = np.random.default_rng(0)
 # a random binary tree over n leaves: merge two random active clusters, n - 1 times,
@@ -86,8 +93,7 @@ build_s = time.perf_counter() - t0
 t0 = time.perf_counter()
 forest = Forest.from_linkage(Z, scores)
 tree_s = time.perf_counter() - t0
-import orchestrator.search.search
-out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_py": orchestrator.search.search.__file__}}
+out = {{"leaves": n, "tree_from_linkage_s": round(tree_s, 2), "search_py": search_module.__file__}}
 for strategy in {strategies!r}:
     t0 = time.perf_counter()
     c0 = time.process_time()

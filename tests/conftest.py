@@ -7,6 +7,9 @@
   ``(server, base directory, assets directory)``, for the crowd campaign tests;
 * ``chromium_path`` and ``browser``: Debian's chromium driven by Playwright.
 
+``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): every test module
+stays on one worker, so its module fixtures are built once (:func:`pytest_collection_modifyitems`).
+
 Helpers that tests call (question builders, campaign builders, truth policies) are plain
 modules of this package: ``from tests.crowd_server_support import ...``.
 """
@@ -18,6 +21,20 @@ import warnings
 import pytest
 
 from tests.crowd_server_support import CHROMIUM_ARGS, REPO, start_crowd
+
+
+# Modules that share one worker: the loops that SIGKILL a campaign dozens of times (each is
+# a few minutes of subprocesses; two at once would only slow each other), and the two that
+# start a Ray cluster.
+XDIST_GROUPS = {"test_poll_crash": "sigkill", "test_campaign_run": "sigkill", "test_store_postgres": "sigkill",
+                "test_cluster_cli": "ray", "test_detection": "ray"}
+
+
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(module, module)))
 
 
 @pytest.fixture(scope="module")
