@@ -32,7 +32,7 @@ def _env(srv):
     return {**os.environ, **srv.env()}
 
 
-def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 540):
+def _kill_loop(srv, camp, min_kills: int, seed: int, max_seconds: float = 1200):
     """Start polls and SIGKILL them at random points until ``min_kills`` kills, then finish cleanly.
 
     Kill times are drawn from the durations of passes measured on this machine now (a first clean
